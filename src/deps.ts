@@ -1,0 +1,70 @@
+import type { Config } from "./config.js";
+import { IdentifyService } from "./service/identify.service.js";
+import { SqlContactStore } from "./storage/contact.store.js";
+import { openDatabase } from "./storage/database.js";
+import type { Database } from "./storage/database.js";
+import { migrateToLatest } from "./storage/migrate.js";
+import type { FastifyBaseLogger } from "fastify";
+
+/** Everything the app needs, built from the configuration; the only place adapters are chosen. */
+export interface Deps {
+  readonly database: Database;
+  readonly identify: IdentifyService;
+  close(): Promise<void>;
+}
+
+/** Raised when the configured database cannot be reached or migrated at start. */
+export class StartupError extends Error {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = "StartupError";
+  }
+}
+
+/**
+ * Opens the database, brings its schema up to date and wires the service. Throws StartupError
+ * with one line naming the variable at fault when the database is unreachable.
+ */
+export async function createDeps(config: Config, logger: FastifyBaseLogger): Promise<Deps> {
+  const database = openDatabase(config.database, {
+    poolSize: config.databasePoolSize,
+    lockTimeoutMs: config.databaseLockTimeoutMs,
+  });
+  try {
+    const applied = await migrateToLatest(database);
+    logger.info({ database: database.description, applied }, "database ready");
+  } catch (error) {
+    await database.destroy().catch(() => undefined);
+    const reason = rootMessage(error);
+    throw new StartupError(`DATABASE_URL: cannot use ${database.description}: ${reason}`, {
+      cause: error,
+    });
+  }
+  const store = new SqlContactStore(database, undefined, {
+    onRetry: (attempt, cause) => {
+      logger.debug({ attempt, reason: rootMessage(cause) }, "transaction retried");
+    },
+  });
+  return {
+    database,
+    identify: new IdentifyService(store),
+    close: () => database.destroy(),
+  };
+}
+
+function rootMessage(error: unknown): string {
+  let current: unknown = error;
+  while (current instanceof Error && current.cause !== undefined) {
+    current = current.cause;
+  }
+  if (current instanceof AggregateError && current.errors.length > 0) {
+    current = current.errors[0];
+  }
+  if (current instanceof Error) {
+    const code = (current as { code?: unknown }).code;
+    return typeof code === "string" && !current.message.includes(code)
+      ? `${code} ${current.message}`
+      : current.message || current.name;
+  }
+  return String(current);
+}

@@ -1,0 +1,48 @@
+import type { Contact, IdentifyRequest } from "../domain/contact.js";
+import type { ReconcilePlan } from "../domain/reconcile.js";
+
+/** Reads that may run inside or outside a transaction. */
+export interface ContactReader {
+  /**
+   * The live rows of every customer that has a live row whose email equals the request's email
+   * or whose phone equals the request's phone (an absent field matches nothing). One statement,
+   * so the rows come from one committed snapshot.
+   */
+  findCustomers(request: IdentifyRequest): Promise<Contact[]>;
+}
+
+/** The operations available inside a locked write transaction. */
+export interface ContactTransaction extends ContactReader {
+  /**
+   * Locks the row `primaryId` until the transaction ends. Every change to a customer (a new
+   * secondary, a demotion, a relink) happens under the lock of its primary.
+   */
+  lockCustomer(primaryId: number): Promise<void>;
+  /** Writes the plan; returns the inserted row, if the plan inserts one. */
+  apply(plan: ReconcilePlan, now: number): Promise<Contact | null>;
+}
+
+/** The Contact table. Implementations must hold across processes, not only within one. */
+export interface ContactStore extends ContactReader {
+  /**
+   * Runs `work` in one transaction that first holds an exclusive lock on each identifier key
+   * (taken in a global order, so no two transactions deadlock on them), committing when it
+   * resolves. Deadlocks, serialization failures and lock timeouts are retried (bounded, with
+   * jitter) by running `work` again from the start; anything else rolls back and rejects.
+   */
+  withLockedTransaction<T>(
+    identifierKeys: readonly string[],
+    work: (tx: ContactTransaction) => Promise<T>,
+  ): Promise<T>;
+}
+
+/**
+ * Thrown inside `withLockedTransaction` work when the locked state kept moving (a bounded number
+ * of rounds did not settle): the store rolls back and runs the work again, like a deadlock.
+ */
+export class RetryTransactionError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "RetryTransactionError";
+  }
+}

@@ -1,0 +1,138 @@
+import { mkdirSync } from "node:fs";
+import { dirname } from "node:path";
+import SqliteDatabase from "better-sqlite3";
+import { CompiledQuery, Kysely, MysqlDialect, PostgresDialect, SqliteDialect } from "kysely";
+import type { Dialect } from "kysely";
+import { createPool } from "mysql2";
+import pg from "pg";
+import type { DB } from "./schema.js";
+
+export type DialectName = "sqlite" | "mysql" | "postgres";
+
+export type DatabaseTarget =
+  | { readonly dialect: "sqlite"; readonly path: string }
+  | { readonly dialect: "mysql"; readonly url: string }
+  | { readonly dialect: "postgres"; readonly url: string };
+
+export interface DatabaseOptions {
+  readonly poolSize: number;
+  /** How long a statement may wait for a row or advisory lock before the attempt is retried. */
+  readonly lockTimeoutMs: number;
+}
+
+/** An open database: the Kysely instance and the dialect it speaks. */
+export interface Database {
+  readonly db: Kysely<DB>;
+  readonly dialect: DialectName;
+  readonly options: DatabaseOptions;
+  /** The target without credentials, for logs and error lines. */
+  readonly description: string;
+  destroy(): Promise<void>;
+}
+
+/**
+ * Parses a DATABASE_URL: `sqlite:PATH`, `sqlite::memory:`, `mysql://…` (also `mariadb://`) or
+ * `postgres://…` (also `postgresql://`). Throws an Error saying what is wrong.
+ */
+export function parseDatabaseUrl(value: string): DatabaseTarget {
+  if (value.startsWith("sqlite:")) {
+    const path = value.slice("sqlite:".length).replace(/^\/\//, "");
+    if (path === "") {
+      throw new Error("sqlite: needs a path, as in sqlite:./data/contacts.db or sqlite::memory:");
+    }
+    return { dialect: "sqlite", path };
+  }
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    throw new Error("is not a URL (sqlite:PATH, mysql://… or postgres://…)");
+  }
+  if (url.hostname === "" || url.pathname.length <= 1) {
+    throw new Error("needs a host and a database name");
+  }
+  switch (url.protocol) {
+    case "mysql:":
+    case "mariadb:":
+      url.protocol = "mysql:";
+      return { dialect: "mysql", url: url.toString() };
+    case "postgres:":
+    case "postgresql:":
+      return { dialect: "postgres", url: url.toString() };
+    default:
+      throw new Error(`unsupported scheme ${url.protocol.replace(/:$/, "")}`);
+  }
+}
+
+/** The target as text with any password replaced, safe for logs. */
+export function describeTarget(target: DatabaseTarget): string {
+  if (target.dialect === "sqlite") {
+    return `sqlite:${target.path}`;
+  }
+  const url = new URL(target.url);
+  if (url.password !== "") {
+    url.password = "***";
+  }
+  return url.toString();
+}
+
+function createDialect(target: DatabaseTarget, options: DatabaseOptions): Dialect {
+  const lockTimeoutSeconds = Math.max(1, Math.ceil(options.lockTimeoutMs / 1000));
+  switch (target.dialect) {
+    case "sqlite": {
+      if (target.path !== ":memory:") {
+        mkdirSync(dirname(target.path), { recursive: true });
+      }
+      const database = new SqliteDatabase(target.path);
+      database.pragma("journal_mode = WAL");
+      // FULL: a write is acknowledged only once its WAL frame is on disk.
+      database.pragma("synchronous = FULL");
+      database.pragma("foreign_keys = ON");
+      database.pragma(`busy_timeout = ${options.lockTimeoutMs}`);
+      return new SqliteDialect({ database });
+    }
+    case "mysql":
+      return new MysqlDialect({
+        pool: createPool({
+          uri: target.url,
+          connectionLimit: options.poolSize,
+          timezone: "Z",
+          dateStrings: false,
+          supportBigNumbers: true,
+          connectTimeout: 5000,
+          enableKeepAlive: true,
+        }),
+        onCreateConnection: async (connection) => {
+          // READ COMMITTED: every statement sees the latest committed rows, and InnoDB takes no gap
+          // locks; correctness comes from the named and row locks (see README, Concurrency).
+          await connection.executeQuery(
+            CompiledQuery.raw("set session transaction isolation level read committed"),
+          );
+          await connection.executeQuery(
+            CompiledQuery.raw(`set session innodb_lock_wait_timeout = ${lockTimeoutSeconds}`),
+          );
+        },
+      });
+    case "postgres":
+      return new PostgresDialect({
+        pool: new pg.Pool({
+          connectionString: target.url,
+          max: options.poolSize,
+          connectionTimeoutMillis: 5000,
+          options: `-c lock_timeout=${options.lockTimeoutMs} -c default_transaction_isolation=read\\ committed`,
+        }),
+      });
+  }
+}
+
+/** Opens (lazily: no connection is made until the first query) the database at `target`. */
+export function openDatabase(target: DatabaseTarget, options: DatabaseOptions): Database {
+  const db = new Kysely<DB>({ dialect: createDialect(target, options) });
+  return {
+    db,
+    dialect: target.dialect,
+    options,
+    description: describeTarget(target),
+    destroy: () => db.destroy(),
+  };
+}

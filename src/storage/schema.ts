@@ -1,0 +1,22 @@
+import type { ColumnType, Generated, Selectable } from "kysely";
+import type { LinkPrecedence } from "../domain/contact.js";
+
+/** SQLite stores timestamps as ISO-8601 text; MySQL/MariaDB and PostgreSQL as native timestamps. */
+type Timestamp = ColumnType<Date | string, Date | string, Date | string>;
+
+export interface ContactTable {
+  id: Generated<number>;
+  phoneNumber: string | null;
+  email: string | null;
+  linkedId: number | null;
+  linkPrecedence: LinkPrecedence;
+  createdAt: Timestamp;
+  updatedAt: Timestamp;
+  deletedAt: ColumnType<Date | string | null, Date | string | null, Date | string | null>;
+}
+
+export interface DB {
+  Contact: ContactTable;
+}
+
+export type ContactRow = Selectable<ContactTable>;
