@@ -1,0 +1,42 @@
+import { Writable } from "node:stream";
+import type { FastifyInstance } from "fastify";
+import { pino } from "pino";
+import { buildApp } from "../../src/http/app.js";
+import type { ErrorMessages } from "../../src/http/errors.js";
+import { IdentifyService } from "../../src/service/identify.service.js";
+import { SqlContactStore } from "../../src/storage/contact.store.js";
+import type { Database } from "../../src/storage/database.js";
+
+/** The app in this process on a real port, with its log lines captured. */
+export interface RunningApp {
+  readonly app: FastifyInstance;
+  readonly url: string;
+  /** Every log line written so far, parsed. */
+  readonly logs: Record<string, unknown>[];
+  close(): Promise<void>;
+}
+
+export async function startApp(
+  database: Database,
+  options: { errorMessages?: ErrorMessages } = {},
+): Promise<RunningApp> {
+  const logs: Record<string, unknown>[] = [];
+  const sink = new Writable({
+    write(chunk: Buffer, _encoding, callback) {
+      for (const line of chunk.toString().split("\n")) {
+        if (line.trim() !== "") {
+          logs.push(JSON.parse(line) as Record<string, unknown>);
+        }
+      }
+      callback();
+    },
+  });
+  const logger = pino({ level: "info" }, sink);
+  const app = buildApp({
+    identify: new IdentifyService(new SqlContactStore(database)),
+    logger,
+    errorMessages: options.errorMessages ?? "masked",
+  });
+  const url = await app.listen({ host: "127.0.0.1", port: 0 });
+  return { app, url, logs, close: () => app.close() };
+}

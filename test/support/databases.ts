@@ -1,0 +1,142 @@
+import { randomBytes } from "node:crypto";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createConnection } from "mysql2/promise";
+import pg from "pg";
+import { openDatabase } from "../../src/storage/database.js";
+import type { Database, DatabaseTarget, DialectName } from "../../src/storage/database.js";
+import { migrateToLatest } from "../../src/storage/migrate.js";
+
+/** A fresh, empty database owned by one test file; `drop` removes it. */
+export interface TestDatabase {
+  readonly dialect: DialectName;
+  /** The DATABASE_URL of the fresh database. */
+  readonly url: string;
+  readonly target: DatabaseTarget;
+  drop(): Promise<void>;
+}
+
+/** The dialects under test: SQLite always; MariaDB/PostgreSQL when their URLs are set. */
+export function dialectsUnderTest(): DialectName[] {
+  const dialects: DialectName[] = ["sqlite"];
+  if (process.env.TEST_MYSQL_URL) {
+    dialects.push("mysql");
+  }
+  if (process.env.TEST_POSTGRES_URL) {
+    dialects.push("postgres");
+  }
+  return dialects;
+}
+
+/** Server dialects only (the ones several processes share over the network). */
+export function serverDialectsUnderTest(): DialectName[] {
+  return dialectsUnderTest().filter((d) => d !== "sqlite");
+}
+
+function uniqueName(): string {
+  return `idr_test_${Date.now().toString(36)}_${randomBytes(4).toString("hex")}`;
+}
+
+function withDatabase(url: string, name: string): string {
+  const parsed = new URL(url);
+  parsed.pathname = `/${name}`;
+  return parsed.toString();
+}
+
+/** Creates a new empty database of `dialect`. */
+export async function createTestDatabase(dialect: DialectName): Promise<TestDatabase> {
+  const name = uniqueName();
+  switch (dialect) {
+    case "sqlite": {
+      const dir = mkdtempSync(join(tmpdir(), "idr-"));
+      const path = join(dir, "contacts.db");
+      return {
+        dialect,
+        url: `sqlite:${path}`,
+        target: { dialect, path },
+        drop: () => {
+          rmSync(dir, { recursive: true, force: true });
+          return Promise.resolve();
+        },
+      };
+    }
+    case "mysql": {
+      const admin = process.env.TEST_MYSQL_URL ?? "";
+      const connection = await createConnection(admin);
+      await connection.query(`create database \`${name}\``);
+      await connection.end();
+      const url = withDatabase(admin, name);
+      return {
+        dialect,
+        url,
+        target: { dialect, url },
+        drop: async () => {
+          const c = await createConnection(admin);
+          await c.query(`drop database if exists \`${name}\``);
+          await c.end();
+        },
+      };
+    }
+    case "postgres": {
+      const admin = process.env.TEST_POSTGRES_URL ?? "";
+      const client = new pg.Client({ connectionString: admin });
+      await client.connect();
+      await client.query(`create database "${name}"`);
+      await client.end();
+      const url = withDatabase(admin, name);
+      return {
+        dialect,
+        url,
+        target: { dialect, url },
+        drop: async () => {
+          const c = new pg.Client({ connectionString: admin });
+          await c.connect();
+          await c.query(`drop database if exists "${name}" with (force)`);
+          await c.end();
+        },
+      };
+    }
+  }
+}
+
+/** Opens a migrated connection to a test database. */
+export async function openMigrated(test: TestDatabase, poolSize = 5): Promise<Database> {
+  const database = openDatabase(test.target, { poolSize, lockTimeoutMs: 5000 });
+  await migrateToLatest(database);
+  return database;
+}
+
+/** One row of the Contact table, read back for assertions. */
+export interface StoredContact {
+  id: number;
+  email: string | null;
+  phoneNumber: string | null;
+  linkedId: number | null;
+  linkPrecedence: string;
+  createdAt: number;
+  updatedAt: number;
+  deletedAt: number | null;
+}
+
+function millis(value: Date | string | null): number | null {
+  if (value === null) {
+    return null;
+  }
+  return value instanceof Date ? value.getTime() : Date.parse(value);
+}
+
+/** Every row of the Contact table, ordered by id. */
+export async function allContacts(database: Database): Promise<StoredContact[]> {
+  const rows = await database.db.selectFrom("Contact").selectAll().orderBy("id").execute();
+  return rows.map((row) => ({
+    id: row.id,
+    email: row.email,
+    phoneNumber: row.phoneNumber,
+    linkedId: row.linkedId,
+    linkPrecedence: row.linkPrecedence,
+    createdAt: millis(row.createdAt) ?? 0,
+    updatedAt: millis(row.updatedAt) ?? 0,
+    deletedAt: millis(row.deletedAt),
+  }));
+}

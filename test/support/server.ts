@@ -1,0 +1,97 @@
+import { spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
+import { once } from "node:events";
+import { createInterface } from "node:readline";
+
+/** A server process started from src/server.ts, as a user would run it. */
+export interface ServerProcess {
+  readonly url: string;
+  readonly process: ChildProcess;
+  /** Every stdout line (pino JSON) the process printed so far. */
+  readonly lines: string[];
+  stop(): Promise<number | null>;
+}
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+
+/**
+ * Spawns the server with `env` added to the environment (PORT=0 unless given) and resolves once
+ * it listens. Rejects with the process output if it exits first.
+ */
+export async function startServer(env: Record<string, string>): Promise<ServerProcess> {
+  const child = spawn(process.execPath, ["--import", "tsx", "src/server.ts"], {
+    cwd: ROOT,
+    env: { ...process.env, PORT: "0", LOG_LEVEL: "info", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  const lines: string[] = [];
+  const errors: string[] = [];
+  createInterface({ input: child.stderr }).on("line", (line) => errors.push(line));
+  const listening = new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout }).on("line", (line) => {
+      lines.push(line);
+      const match = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(line);
+      if (match?.[1] !== undefined) {
+        resolve(match[1]);
+      }
+    });
+    child.once("exit", (code) => {
+      reject(new Error(`server exited with ${code}: ${[...lines, ...errors].join("\n")}`));
+    });
+  });
+  const url = await listening;
+  return {
+    url,
+    process: child,
+    lines,
+    stop: async () => {
+      if (child.exitCode !== null) {
+        return child.exitCode;
+      }
+      child.kill("SIGTERM");
+      const [code] = (await once(child, "exit")) as [number | null];
+      return code;
+    },
+  };
+}
+
+/** Runs the server entry point to completion (for start-up failures) and collects its output. */
+export async function runServerToExit(
+  env: Record<string, string>,
+  timeoutMs = 20000,
+): Promise<{ code: number | null; stdout: string; stderr: string }> {
+  const child = spawn(process.execPath, ["--import", "tsx", "src/server.ts"], {
+    cwd: ROOT,
+    env: { ...process.env, PORT: "0", ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
+  child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+  const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs);
+  const [code] = (await once(child, "exit")) as [number | null];
+  clearTimeout(timer);
+  return { code, stdout, stderr };
+}
+
+/** POSTs a JSON body (or a raw string) to /identify and returns status, headers and body. */
+export async function postIdentify(
+  baseUrl: string,
+  body: unknown,
+  init: { raw?: string; contentType?: string; headers?: Record<string, string> } = {},
+): Promise<{ status: number; headers: Headers; body: unknown }> {
+  const response = await fetch(`${baseUrl}/identify`, {
+    method: "POST",
+    headers: { "content-type": init.contentType ?? "application/json", ...init.headers },
+    body: init.raw ?? JSON.stringify(body),
+  });
+  const text = await response.text();
+  let parsed: unknown = text;
+  try {
+    parsed = JSON.parse(text);
+  } catch {
+    // not JSON: keep the text
+  }
+  return { status: response.status, headers: response.headers, body: parsed };
+}
