@@ -24,10 +24,15 @@ export function normalizeEmail(value: unknown): string | null {
   if (typeof value !== "string") {
     throw new InvalidInputError(`email must be a string or null, got ${typeof value}`);
   }
-  const email = value.trim().toLowerCase();
-  if (email === "") {
+  const trimmed = value.trim();
+  if (trimmed === "") {
     return null;
   }
+  // Checked before lowercasing: toLowerCase maps some non-ASCII letters (the Kelvin sign) to ASCII.
+  if (!/^[\x21-\x7e]+$/.test(trimmed)) {
+    throw new InvalidInputError("email must be printable ASCII");
+  }
+  const email = trimmed.toLowerCase();
   if (email.length > EMAIL_MAX_LENGTH) {
     throw new InvalidInputError(`email is longer than ${EMAIL_MAX_LENGTH} characters`);
   }
@@ -54,6 +59,9 @@ export function normalizePhoneNumber(value: unknown): string | null {
     }
     raw = String(value);
   } else if (typeof value === "string") {
+    if (value.trim() === "") {
+      return null;
+    }
     if (value.length > PHONE_INPUT_MAX_LENGTH) {
       throw new InvalidInputError(
         `phoneNumber is longer than ${PHONE_INPUT_MAX_LENGTH} characters`,
@@ -66,9 +74,6 @@ export function normalizePhoneNumber(value: unknown): string | null {
     );
   }
   const phone = raw.replace(PHONE_PUNCTUATION, "");
-  if (phone === "" && raw.trim() === "") {
-    return null;
-  }
   if (!PHONE_PATTERN.test(phone)) {
     throw new InvalidInputError("phoneNumber must be an optional + and 4 to 15 digits");
   }

@@ -71,7 +71,7 @@ interface PlanCase {
 
 function runPlanCases(cases: readonly PlanCase[]): void {
   for (const c of cases) {
-    void it(c.name, () => {
+    it(c.name, () => {
       const now = c.now ?? NOW;
       const plan = planIdentify(c.request, c.rows, now);
       assert.deepEqual(byId(plan), c.plan);
@@ -139,7 +139,7 @@ function georgeBiffMerge(email: string, phoneNumber: string): PlanCase {
   };
 }
 
-void describe("planIdentify: the spec's worked examples", () => {
+describe("planIdentify: the spec's worked examples", () => {
   runPlanCases([
     {
       name: "a request matching no row creates a primary stamped with now",
@@ -186,7 +186,7 @@ void describe("planIdentify: the spec's worked examples", () => {
   ]);
 });
 
-void describe("planIdentify: merging customers", () => {
+describe("planIdentify: merging customers", () => {
   runPlanCases([
     {
       name: "a customer passed in the rows but not matched is neither a member nor relinked",
@@ -351,7 +351,7 @@ void describe("planIdentify: merging customers", () => {
   ]);
 });
 
-void describe("planIdentify: rows and requests with one field", () => {
+describe("planIdentify: rows and requests with one field", () => {
   const emailOnly = row(1, "e1@example.com", null, null, at(0));
   const phoneOnly = row(2, null, "2222", null, at(1));
   runPlanCases([
@@ -544,7 +544,7 @@ void describe("planIdentify: rows and requests with one field", () => {
   ]);
 });
 
-void describe("planIdentify: createdAt of the inserted row", () => {
+describe("planIdentify: createdAt of the inserted row", () => {
   const future = NOW + 5_000;
   runPlanCases([
     {
@@ -599,7 +599,7 @@ void describe("planIdentify: createdAt of the inserted row", () => {
   ]);
 });
 
-void describe("planIdentify: customers whose primary is soft-deleted", () => {
+describe("planIdentify: customers whose primary is soft-deleted", () => {
   // Primary 1 is soft-deleted: only its secondaries are live and still point at it.
   runPlanCases([
     {
@@ -708,7 +708,7 @@ void describe("planIdentify: customers whose primary is soft-deleted", () => {
   ]);
 });
 
-void describe("matchedGroups", () => {
+describe("matchedGroups", () => {
   const rows = [
     row(7, "seven@example.com", "7777", null, at(0)),
     row(3, "three@example.com", "3333", null, at(1)),
@@ -748,14 +748,14 @@ void describe("matchedGroups", () => {
     },
   ];
   for (const c of cases) {
-    void it(c.name, () => {
+    it(c.name, () => {
       assert.deepEqual(matchedGroups(c.request, rows), c.expected);
       assert.deepEqual(matchedGroups(c.request, [...rows].reverse()), c.expected);
     });
   }
 });
 
-void describe("consolidate", () => {
+describe("consolidate", () => {
   const cases: readonly {
     name: string;
     primaryId: number;
@@ -830,7 +830,7 @@ void describe("consolidate", () => {
     },
   ];
   for (const c of cases) {
-    void it(c.name, () => {
+    it(c.name, () => {
       assert.deepEqual(consolidate(c.primaryId, c.rows), c.expected);
       assert.deepEqual(consolidate(c.primaryId, [...c.rows].reverse()), c.expected);
     });
