@@ -29,6 +29,9 @@ export async function createDeps(config: Config, logger: FastifyBaseLogger): Pro
   const database = openDatabase(config.database, {
     poolSize: config.databasePoolSize,
     lockTimeoutMs: config.databaseLockTimeoutMs,
+    onIdleConnectionError: (error) => {
+      logger.warn({ reason: error.message }, "database dropped an idle connection");
+    },
   });
   try {
     const applied = await migrateToLatest(database);

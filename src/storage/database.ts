@@ -1,8 +1,22 @@
 import { mkdirSync } from "node:fs";
 import { dirname } from "node:path";
 import SqliteDatabase from "better-sqlite3";
-import { CompiledQuery, Kysely, MysqlDialect, PostgresDialect, SqliteDialect } from "kysely";
-import type { Dialect } from "kysely";
+import {
+  CompiledQuery,
+  Kysely,
+  MysqlDialect,
+  PostgresDialect,
+  SqliteAdapter,
+  SqliteDialect,
+  SqliteDriver,
+} from "kysely";
+import type {
+  DatabaseConnection,
+  Dialect,
+  DialectAdapter,
+  Driver,
+  SqliteDialectConfig,
+} from "kysely";
 import { createPool } from "mysql2";
 import pg from "pg";
 import type { DB } from "./schema.js";
@@ -18,6 +32,8 @@ export interface DatabaseOptions {
   readonly poolSize: number;
   /** How long a statement may wait for a row or advisory lock before the attempt is retried. */
   readonly lockTimeoutMs: number;
+  /** Told when the server drops an idle pooled connection (PostgreSQL); nothing is lost. */
+  readonly onIdleConnectionError?: (error: Error) => void;
 }
 
 /** An open database: the Kysely instance and the dialect it speaks. */
@@ -89,7 +105,7 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Dialec
       database.pragma("synchronous = FULL");
       database.pragma("foreign_keys = ON");
       database.pragma(`busy_timeout = ${options.lockTimeoutMs}`);
-      return new SqliteDialect({ database });
+      return new ImmediateSqliteDialect({ database });
     }
     case "mysql":
       return new MysqlDialect({
@@ -113,15 +129,52 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Dialec
           );
         },
       });
-    case "postgres":
-      return new PostgresDialect({
-        pool: new pg.Pool({
-          connectionString: target.url,
-          max: options.poolSize,
-          connectionTimeoutMillis: 5000,
-          options: `-c lock_timeout=${options.lockTimeoutMs} -c default_transaction_isolation=read\\ committed`,
-        }),
+    case "postgres": {
+      const pool = new pg.Pool({
+        connectionString: target.url,
+        max: options.poolSize,
+        connectionTimeoutMillis: 5000,
+        options: `-c lock_timeout=${options.lockTimeoutMs} -c default_transaction_isolation=read\\ committed`,
       });
+      // An idle connection that the server drops (a restart, a failover) must not crash the
+      // process: the pool discards it, and the next query opens a new one.
+      pool.on("error", (error) => options.onIdleConnectionError?.(error));
+      return new PostgresDialect({ pool });
+    }
+  }
+}
+
+/**
+ * SQLite with BEGIN IMMEDIATE: a transaction takes the write lock when it starts, not at its
+ * first write, so two connections (or processes) never both read and then fail to upgrade.
+ */
+class ImmediateSqliteDriver extends SqliteDriver {
+  override async beginTransaction(connection: DatabaseConnection): Promise<void> {
+    await connection.executeQuery(CompiledQuery.raw("begin immediate"));
+  }
+}
+
+/**
+ * SQLite does run DDL in transactions; saying so makes Kysely's migrator run inside one (BEGIN
+ * IMMEDIATE), which serializes migrations of processes sharing one file.
+ */
+class TransactionalDdlSqliteAdapter extends SqliteAdapter {
+  override get supportsTransactionalDdl(): boolean {
+    return true;
+  }
+}
+
+class ImmediateSqliteDialect extends SqliteDialect {
+  constructor(private readonly sqliteConfig: SqliteDialectConfig) {
+    super(sqliteConfig);
+  }
+
+  override createDriver(): Driver {
+    return new ImmediateSqliteDriver(this.sqliteConfig);
+  }
+
+  override createAdapter(): DialectAdapter {
+    return new TransactionalDdlSqliteAdapter();
   }
 }
 

@@ -1,0 +1,71 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { ConfigError, loadConfig } from "../src/config.js";
+
+describe("loadConfig", () => {
+  it("applies the documented defaults to an empty environment", () => {
+    assert.deepEqual(loadConfig({}), {
+      port: 3000,
+      host: "127.0.0.1",
+      database: { dialect: "sqlite", path: "./data/contacts.db" },
+      databasePoolSize: 10,
+      databaseLockTimeoutMs: 5000,
+      logLevel: "info",
+      errorMessages: "masked",
+    });
+  });
+
+  it("reads each kind of DATABASE_URL", () => {
+    const cases: [string, unknown][] = [
+      ["sqlite::memory:", { dialect: "sqlite", path: ":memory:" }],
+      [
+        "sqlite:/var/lib/identity/contacts.db",
+        { dialect: "sqlite", path: "/var/lib/identity/contacts.db" },
+      ],
+      [
+        "mysql://app:secret@db:3306/identity",
+        { dialect: "mysql", url: "mysql://app:secret@db:3306/identity" },
+      ],
+      ["mariadb://app@db/identity", { dialect: "mysql", url: "mysql://app@db/identity" }],
+      [
+        "postgres://app@db:5432/identity",
+        { dialect: "postgres", url: "postgres://app@db:5432/identity" },
+      ],
+      [
+        "postgresql://app@db/identity",
+        { dialect: "postgres", url: "postgresql://app@db/identity" },
+      ],
+    ];
+    for (const [url, expected] of cases) {
+      assert.deepEqual(loadConfig({ DATABASE_URL: url }).database, expected, url);
+    }
+  });
+
+  it("reports every bad variable at once, each naming the variable", () => {
+    assert.throws(
+      () =>
+        loadConfig({
+          PORT: "http",
+          DATABASE_URL: "oracle://db/x",
+          DATABASE_POOL_SIZE: "0",
+          LOG_LEVEL: "loud",
+          ERROR_MESSAGES: "verbose",
+        }),
+      (error: unknown) => {
+        assert.ok(error instanceof ConfigError);
+        assert.deepEqual(
+          error.problems.map((line) => line.split(":")[0]),
+          ["PORT", "DATABASE_URL", "DATABASE_POOL_SIZE", "LOG_LEVEL", "ERROR_MESSAGES"],
+        );
+        return true;
+      },
+    );
+  });
+
+  it("rejects a database URL without a database name", () => {
+    assert.throws(
+      () => loadConfig({ DATABASE_URL: "postgres://db:5432" }),
+      /DATABASE_URL: needs a host and a database name/,
+    );
+  });
+});

@@ -1,0 +1,46 @@
+import assert from "node:assert/strict";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { describe, it } from "node:test";
+import { postIdentify, runServerToExit, startServer } from "./support/server.js";
+
+describe("the server process", () => {
+  it("creates its SQLite file on first start, serves, and exits 0 on SIGTERM", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "idr-server-"));
+    const path = join(dir, "nested", "contacts.db");
+    try {
+      const server = await startServer({ DATABASE_URL: `sqlite:${path}` });
+      assert.ok(existsSync(path));
+      const response = await postIdentify(server.url, { email: "doc@hillvalley.edu" });
+      assert.equal(response.status, 200);
+      assert.ok(response.headers.get("x-request-id"));
+      assert.equal(await server.stop(), 0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("exits non-zero with one line naming DATABASE_URL when the database is unreachable", async () => {
+    const result = await runServerToExit({
+      DATABASE_URL: "postgres://root:hunter2@127.0.0.1:1/identity",
+    });
+    assert.equal(result.code, 1);
+    const lines = result.stderr.trim().split("\n");
+    assert.equal(lines.length, 1, result.stderr);
+    assert.match(
+      lines[0] ?? "",
+      /^DATABASE_URL: cannot use postgres:\/\/root:\*\*\*@127\.0\.0\.1:1\/identity: .*ECONNREFUSED/,
+    );
+    assert.doesNotMatch(result.stderr + result.stdout, /hunter2/);
+  });
+
+  it("exits non-zero listing every bad variable", async () => {
+    const result = await runServerToExit({ DATABASE_URL: "nonsense", PORT: "99999" });
+    assert.equal(result.code, 1);
+    assert.deepEqual(result.stderr.trim().split("\n"), [
+      "configuration error: PORT: must be a whole number from 0 to 65535",
+      "configuration error: DATABASE_URL: is not a URL (sqlite:PATH, mysql://… or postgres://…)",
+    ]);
+  });
+});

@@ -1,0 +1,140 @@
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { SqlContactStore } from "../../src/storage/contact.store.js";
+import { openDatabase } from "../../src/storage/database.js";
+import type { Database } from "../../src/storage/database.js";
+import { migrateToLatest } from "../../src/storage/migrate.js";
+import { createTestDatabase, dialectsUnderTest } from "../support/databases.js";
+import { runMigrate } from "../support/server.js";
+import type { TestDatabase } from "../support/databases.js";
+
+for (const dialect of dialectsUnderTest()) {
+  describe(`migrations on ${dialect}`, () => {
+    let test: TestDatabase;
+    const opened: Database[] = [];
+
+    const open = () => {
+      const database = openDatabase(test.target, { poolSize: 3, lockTimeoutMs: 5000 });
+      opened.push(database);
+      return database;
+    };
+
+    before(async () => {
+      test = await createTestDatabase(dialect);
+    });
+
+    after(async () => {
+      await Promise.all(opened.map((database) => database.destroy()));
+      await test.drop();
+    });
+
+    it("applies every migration once when several processes migrate at the same moment", async () => {
+      const runs = await Promise.all([1, 2, 3].map(() => runMigrate(test.url)));
+      assert.deepEqual(
+        runs.map((run) => run.code),
+        [0, 0, 0],
+        runs.map((run) => run.stderr).join("\n"),
+      );
+      const outputs = runs.map((run) => run.stdout.trim().replace(/^.*: /, "")).sort();
+      assert.deepEqual(outputs, [
+        "applied 0001-create-contact",
+        "schema is up to date",
+        "schema is up to date",
+      ]);
+      assert.deepEqual(await migrateToLatest(open()), [], "a later start applies nothing");
+    });
+
+    it("creates the Contact table with the documented columns", async () => {
+      const database = open();
+      const tables = await database.db.introspection.getTables();
+      const contact = tables.find((table) => table.name === "Contact");
+      assert.ok(contact);
+      // id is left out: SQLite reports an INTEGER PRIMARY KEY as nullable, yet assigns it always.
+      const columns = contact.columns.filter((column) => column.name !== "id");
+      assert.deepEqual(columns.map((column) => [column.name, column.isNullable]).sort(), [
+        ["createdAt", false],
+        ["deletedAt", true],
+        ["email", true],
+        ["linkPrecedence", false],
+        ["linkedId", true],
+        ["phoneNumber", true],
+        ["updatedAt", false],
+      ]);
+      assert.equal(
+        contact.columns.find((column) => column.name === "id")?.isAutoIncrementing,
+        true,
+      );
+    });
+
+    it("compares email and phone byte-exactly, not by case or accent", async () => {
+      const database = open();
+      const now = dialect === "sqlite" ? new Date().toISOString() : new Date();
+      await database.db
+        .insertInto("Contact")
+        .values([
+          {
+            email: "Case@Example.com",
+            phoneNumber: null,
+            linkedId: null,
+            linkPrecedence: "primary",
+            createdAt: now,
+            updatedAt: now,
+          },
+          {
+            email: "resume@example.com",
+            phoneNumber: null,
+            linkedId: null,
+            linkPrecedence: "primary",
+            createdAt: now,
+            updatedAt: now,
+          },
+          {
+            email: null,
+            phoneNumber: "0123456",
+            linkedId: null,
+            linkPrecedence: "primary",
+            createdAt: now,
+            updatedAt: now,
+          },
+        ])
+        .execute();
+      const store = new SqlContactStore(database);
+      assert.deepEqual(
+        await store.findCustomers({ email: "case@example.com", phoneNumber: null }),
+        [],
+      );
+      assert.deepEqual(
+        await store.findCustomers({ email: "résumé@example.com", phoneNumber: null }),
+        [],
+      );
+      assert.deepEqual(
+        await store.findCustomers({ email: "resume@example.com ", phoneNumber: null }),
+        [],
+      );
+      assert.deepEqual(await store.findCustomers({ email: null, phoneNumber: "123456" }), []);
+      const exact = await store.findCustomers({ email: "Case@Example.com", phoneNumber: null });
+      assert.deepEqual(
+        exact.map((row) => row.email),
+        ["Case@Example.com"],
+      );
+    });
+
+    it("rejects a row whose precedence contradicts its link", async () => {
+      const database = open();
+      const now = dialect === "sqlite" ? new Date().toISOString() : new Date();
+      await assert.rejects(
+        database.db
+          .insertInto("Contact")
+          .values({
+            email: "x@example.com",
+            phoneNumber: null,
+            linkedId: null,
+            linkPrecedence: "secondary",
+            createdAt: now,
+            updatedAt: now,
+          })
+          .execute(),
+      );
+    });
+  });
+}
