@@ -12,6 +12,12 @@ export interface Config {
   readonly databaseLockTimeoutMs: number;
   readonly logLevel: LogLevel;
   readonly errorMessages: ErrorMessages;
+  readonly redisUrl: string | null;
+  readonly cache: "on" | "off";
+  readonly cacheTtlSeconds: number;
+  readonly cachePrefix: string;
+  readonly cacheMaxEntries: number;
+  readonly cacheTimeoutMs: number;
 }
 
 /** One configuration variable: its default and how to read it (throwing a message when bad). */
@@ -107,6 +113,68 @@ export const VARIABLES = [
     meaning:
       "masked answers errors with the design's decoy messages; transparent (development only) with the real reason.",
     parse: oneOf<ErrorMessages>("masked", "transparent"),
+  }),
+  variable({
+    name: "REDIS_URL",
+    key: "redisUrl",
+    default: "",
+    meaning:
+      "Redis for the shared cache, e.g. redis://127.0.0.1:6379/0. Unset: an in-process cache (one process only).",
+    parse: (value) => {
+      if (value === "") {
+        return null;
+      }
+      let url: URL;
+      try {
+        url = new URL(value);
+      } catch {
+        throw new Error("is not a URL (redis://host:6379 or rediss://…)");
+      }
+      if (url.protocol !== "redis:" && url.protocol !== "rediss:") {
+        throw new Error("must start with redis:// or rediss://");
+      }
+      return value;
+    },
+  }),
+  variable({
+    name: "CACHE",
+    key: "cache",
+    default: "on",
+    meaning: "off disables the cache: every request reads the database.",
+    parse: oneOf("on", "off"),
+  }),
+  variable({
+    name: "CACHE_TTL_SECONDS",
+    key: "cacheTtlSeconds",
+    default: "3600",
+    meaning: "How long a consolidated customer stays cached.",
+    parse: integer(1, 30 * 24 * 3600),
+  }),
+  variable({
+    name: "CACHE_PREFIX",
+    key: "cachePrefix",
+    default: "identity:v1:",
+    meaning: "Prefix of every Redis key the service writes.",
+    parse: (value) => {
+      if (!/^[A-Za-z0-9:._-]{0,64}$/.test(value)) {
+        throw new Error("must be at most 64 characters of A-Z a-z 0-9 : . _ -");
+      }
+      return value;
+    },
+  }),
+  variable({
+    name: "CACHE_MAX_ENTRIES",
+    key: "cacheMaxEntries",
+    default: "100000",
+    meaning: "Bound of the in-process cache (entries of customers, index and generations).",
+    parse: integer(100, 100_000_000),
+  }),
+  variable({
+    name: "CACHE_TIMEOUT_MS",
+    key: "cacheTimeoutMs",
+    default: "50",
+    meaning: "A Redis command slower than this is abandoned and the database answers instead.",
+    parse: integer(1, 10_000),
   }),
 ] as const;
 

@@ -1,3 +1,7 @@
+import type { CustomerCache } from "./cache/customer-cache.js";
+import { NoCache } from "./cache/customer-cache.js";
+import { MemoryCustomerCache } from "./cache/memory.cache.js";
+import { RedisCustomerCache } from "./cache/redis.cache.js";
 import type { Config } from "./config.js";
 import { IdentifyService } from "./service/identify.service.js";
 import { SqlContactStore } from "./storage/contact.store.js";
@@ -10,7 +14,37 @@ import type { FastifyBaseLogger } from "fastify";
 export interface Deps {
   readonly database: Database;
   readonly identify: IdentifyService;
+  readonly cache: CustomerCache;
   close(): Promise<void>;
+}
+
+/** Picks the cache adapter: Redis when REDIS_URL is set, else in-process; none with CACHE=off. */
+export function createCache(config: Config, logger: FastifyBaseLogger): CustomerCache {
+  if (config.cache === "off") {
+    return new NoCache();
+  }
+  if (config.redisUrl === null) {
+    return new MemoryCustomerCache({
+      ttlSeconds: config.cacheTtlSeconds,
+      maxEntries: config.cacheMaxEntries,
+    });
+  }
+  return new RedisCustomerCache(
+    {
+      url: config.redisUrl,
+      prefix: config.cachePrefix,
+      ttlSeconds: config.cacheTtlSeconds,
+      timeoutMs: config.cacheTimeoutMs,
+    },
+    {
+      onUnavailable: (reason) => {
+        logger.warn({ reason }, "cache unavailable: answering from the database");
+      },
+      onAvailable: () => {
+        logger.info("cache available again");
+      },
+    },
+  );
 }
 
 /** Raised when the configured database cannot be reached or migrated at start. */
@@ -48,10 +82,19 @@ export async function createDeps(config: Config, logger: FastifyBaseLogger): Pro
       logger.debug({ attempt, reason: rootMessage(cause) }, "transaction retried");
     },
   });
+  const cache = createCache(config, logger);
+  if (cache instanceof RedisCustomerCache && !(await cache.waitUntilReady(2000))) {
+    logger.warn("Redis is not reachable yet: answering from the database until it is");
+  }
+  logger.info({ cache: cache.kind }, "cache ready");
   return {
     database,
-    identify: new IdentifyService(store),
-    close: () => database.destroy(),
+    cache,
+    identify: new IdentifyService(store, cache),
+    close: async () => {
+      await cache.close();
+      await database.destroy();
+    },
   };
 }
 

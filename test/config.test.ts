@@ -12,6 +12,12 @@ describe("loadConfig", () => {
       databaseLockTimeoutMs: 5000,
       logLevel: "info",
       errorMessages: "masked",
+      redisUrl: null,
+      cache: "on",
+      cacheTtlSeconds: 3600,
+      cachePrefix: "identity:v1:",
+      cacheMaxEntries: 100000,
+      cacheTimeoutMs: 50,
     });
   });
 

@@ -38,3 +38,26 @@ export function compareAge(a: Contact, b: Contact): number {
 export function groupOf(row: Contact): number {
   return row.linkedId ?? row.id;
 }
+
+/**
+ * The keys of a request's identifiers (`email:…`, `phone:…`), used for locks and the cache index.
+ * Equal identifiers give equal keys.
+ */
+export function identifierKeys(request: IdentifyRequest): string[] {
+  const keys: string[] = [];
+  if (request.email !== null) {
+    keys.push(`email:${request.email}`);
+  }
+  if (request.phoneNumber !== null) {
+    keys.push(`phone:${request.phoneNumber}`);
+  }
+  return keys;
+}
+
+/** True when the customer already holds every value the request carries. */
+export function customerHolds(customer: Customer, request: IdentifyRequest): boolean {
+  return (
+    (request.email === null || customer.emails.includes(request.email)) &&
+    (request.phoneNumber === null || customer.phoneNumbers.includes(request.phoneNumber))
+  );
+}

@@ -1,78 +1,122 @@
+import type { CustomerCache } from "../cache/customer-cache.js";
 import type { Customer, IdentifyRequest } from "../domain/contact.js";
-import { matchedGroups, consolidate, planIdentify } from "../domain/reconcile.js";
-import type { IdentifyOutcome } from "../domain/reconcile.js";
+import { identifierKeys } from "../domain/contact.js";
+import { consolidate, matchedGroups, planIdentify } from "../domain/reconcile.js";
+import type { IdentifyOutcome, ReconcilePlan } from "../domain/reconcile.js";
 import { RetryTransactionError } from "./contact-store.js";
 import type { ContactStore } from "./contact-store.js";
 
 export interface IdentifyResult {
   readonly customer: Customer;
   readonly outcome: IdentifyOutcome;
+  /** True when the answer came from the cache without touching the database. */
+  readonly cached: boolean;
+}
+
+export interface IdentifyServiceOptions {
+  readonly clock?: () => number;
+  /**
+   * Test seam: awaited between the database read and the cache fill of a repeat request, so a
+   * test can let a writer commit and invalidate in that gap.
+   */
+  readonly beforeCacheFill?: () => Promise<void>;
+  /** Told the outcome of every request that reached the database. */
+  readonly onOutcome?: (outcome: IdentifyOutcome) => void;
 }
 
 /** Rounds of "lock the customers seen, read again" before the transaction starts over. */
 const MAX_LOCK_ROUNDS = 6;
 
-/** The lock keys of a request's identifiers; equal identifiers give equal keys. */
-export function identifierKeys(request: IdentifyRequest): string[] {
-  const keys: string[] = [];
-  if (request.email !== null) {
-    keys.push(`email:${request.email}`);
+/** The customers whose cached answers a plan makes obsolete. */
+function changedCustomers(plan: ReconcilePlan): number[] {
+  if (plan.winnerId === null || plan.outcome === "unchanged") {
+    return [];
   }
-  if (request.phoneNumber !== null) {
-    keys.push(`phone:${request.phoneNumber}`);
-  }
-  return keys;
+  return [plan.winnerId, ...plan.relinkGroups];
 }
 
 /**
- * Reconciles identify requests against the Contact table, one transaction each.
+ * Reconciles identify requests against the Contact table, one transaction each, with the cache
+ * in front.
  *
- * A request that changes nothing (its email and phone are already in one customer) is answered
- * from one read. Anything else runs in a locked transaction: the request's identifiers are locked
- * first, so no concurrent request can add a row with them; then the primaries of the customers
- * they match are locked, and the customers are read again until every customer seen is locked.
- * From then on nobody else can change those customers, so the plan is computed on a stable state.
+ * A request whose email and phone are already in one cached customer is answered from the cache.
+ * Otherwise one database read decides: a request that changes nothing is answered from it (and
+ * fills the cache, if nothing invalidated that customer meanwhile). Anything else runs in a locked
+ * transaction: the request's identifiers are locked first, so no concurrent request can add a row
+ * with them; then the primaries of the customers they match are locked, and the customers are
+ * read again until every customer seen is locked. From then on nobody else can change those
+ * customers, so the plan is computed on a stable state. After COMMIT, and before answering, the
+ * changed customers are invalidated in the cache.
  */
 export class IdentifyService {
+  private readonly clock: () => number;
+
   constructor(
     private readonly store: ContactStore,
-    private readonly clock: () => number = Date.now,
-  ) {}
+    private readonly cache: CustomerCache,
+    private readonly options: IdentifyServiceOptions = {},
+  ) {
+    this.clock = options.clock ?? Date.now;
+  }
 
   async identify(request: IdentifyRequest): Promise<IdentifyResult> {
+    const lookup = await this.cache.lookup(request);
+    if (lookup.customer !== null) {
+      return { customer: lookup.customer, outcome: "unchanged", cached: true };
+    }
+
     const snapshot = await this.store.findCustomers(request);
     const readOnly = planIdentify(request, snapshot, this.clock());
     if (readOnly.outcome === "unchanged" && readOnly.winnerId !== null) {
-      return { customer: consolidate(readOnly.winnerId, readOnly.members), outcome: "unchanged" };
+      const customer = consolidate(readOnly.winnerId, readOnly.members);
+      if (lookup.ticket !== null) {
+        await this.options.beforeCacheFill?.();
+        await this.cache.fill(lookup.ticket, customer, request);
+      } else {
+        await this.cache.hint(request, readOnly.winnerId);
+      }
+      this.options.onOutcome?.("unchanged");
+      return { customer, outcome: "unchanged", cached: false };
     }
 
-    return this.store.withLockedTransaction(identifierKeys(request), async (tx) => {
-      const locked = new Set<number>();
-      let rows = snapshot;
-      for (let round = 0; ; round++) {
-        const unlocked = matchedGroups(request, rows).filter((id) => !locked.has(id));
-        if (round > 0 && unlocked.length === 0) {
-          break;
+    const { customer, plan } = await this.store.withLockedTransaction(
+      identifierKeys(request),
+      async (tx) => {
+        const locked = new Set<number>();
+        let rows = snapshot;
+        for (let round = 0; ; round++) {
+          const unlocked = matchedGroups(request, rows).filter((id) => !locked.has(id));
+          if (round > 0 && unlocked.length === 0) {
+            break;
+          }
+          if (round >= MAX_LOCK_ROUNDS) {
+            throw new RetryTransactionError("customers kept changing while being locked");
+          }
+          for (const primaryId of unlocked) {
+            await tx.lockCustomer(primaryId);
+            locked.add(primaryId);
+          }
+          rows = await tx.findCustomers(request);
         }
-        if (round >= MAX_LOCK_ROUNDS) {
-          throw new RetryTransactionError("customers kept changing while being locked");
-        }
-        for (const primaryId of unlocked) {
-          await tx.lockCustomer(primaryId);
-          locked.add(primaryId);
-        }
-        rows = await tx.findCustomers(request);
-      }
 
-      const now = this.clock();
-      const plan = planIdentify(request, rows, now);
-      const inserted = await tx.apply(plan, now);
-      const primaryId = plan.winnerId ?? inserted?.id;
-      if (primaryId === undefined) {
-        throw new Error("unreachable: a plan without a winner inserts a primary");
-      }
-      const members = inserted === null ? plan.members : [...plan.members, inserted];
-      return { customer: consolidate(primaryId, members), outcome: plan.outcome };
-    });
+        const now = this.clock();
+        const plan = planIdentify(request, rows, now);
+        const inserted = await tx.apply(plan, now);
+        const primaryId = plan.winnerId ?? inserted?.id;
+        if (primaryId === undefined) {
+          throw new Error("unreachable: a plan without a winner inserts a primary");
+        }
+        const members = inserted === null ? plan.members : [...plan.members, inserted];
+        return { customer: consolidate(primaryId, members), plan: plan };
+      },
+    );
+    const changed = changedCustomers(plan);
+    if (changed.length > 0) {
+      await this.cache.invalidate(changed, request, customer.primaryContactId);
+    } else {
+      await this.cache.hint(request, customer.primaryContactId);
+    }
+    this.options.onOutcome?.(plan.outcome);
+    return { customer, outcome: plan.outcome, cached: false };
   }
 }

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { sql } from "kysely";
 import { pino } from "pino";
+import { NoCache } from "../../src/cache/customer-cache.js";
 import { buildApp } from "../../src/http/app.js";
 import { IdentifyService } from "../../src/service/identify.service.js";
 import { SqlContactStore } from "../../src/storage/contact.store.js";
@@ -205,7 +206,7 @@ describe("error messages", () => {
 
   it("answers an unexpected fault with a generic 500 and no stack", async () => {
     // Fault injection: a service whose read path throws a programming error.
-    const faulty = new IdentifyService(new SqlContactStore(database));
+    const faulty = new IdentifyService(new SqlContactStore(database), new NoCache());
     Object.defineProperty(faulty, "identify", {
       value: () => Promise.reject(new TypeError("cannot read properties of undefined")),
     });

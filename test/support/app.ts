@@ -1,9 +1,12 @@
 import { Writable } from "node:stream";
 import type { FastifyInstance } from "fastify";
 import { pino } from "pino";
+import type { CustomerCache } from "../../src/cache/customer-cache.js";
+import { MemoryCustomerCache } from "../../src/cache/memory.cache.js";
 import { buildApp } from "../../src/http/app.js";
 import type { ErrorMessages } from "../../src/http/errors.js";
 import { IdentifyService } from "../../src/service/identify.service.js";
+import type { IdentifyServiceOptions } from "../../src/service/identify.service.js";
 import { SqlContactStore } from "../../src/storage/contact.store.js";
 import type { Database } from "../../src/storage/database.js";
 
@@ -18,7 +21,12 @@ export interface RunningApp {
 
 export async function startApp(
   database: Database,
-  options: { errorMessages?: ErrorMessages } = {},
+  options: {
+    errorMessages?: ErrorMessages;
+    /** Defaults to the in-process cache, as `npm start` runs without REDIS_URL. */
+    cache?: CustomerCache;
+    service?: IdentifyServiceOptions;
+  } = {},
 ): Promise<RunningApp> {
   const logs: Record<string, unknown>[] = [];
   const sink = new Writable({
@@ -33,7 +41,11 @@ export async function startApp(
   });
   const logger = pino({ level: "info" }, sink);
   const app = buildApp({
-    identify: new IdentifyService(new SqlContactStore(database)),
+    identify: new IdentifyService(
+      new SqlContactStore(database),
+      options.cache ?? new MemoryCustomerCache({ ttlSeconds: 3600, maxEntries: 10_000 }),
+      options.service,
+    ),
     logger,
     errorMessages: options.errorMessages ?? "masked",
   });

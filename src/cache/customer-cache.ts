@@ -1,0 +1,116 @@
+import { createHash } from "node:crypto";
+import type { Customer, IdentifyRequest } from "../domain/contact.js";
+
+/**
+ * What a lookup found. `customer` is set on a hit. On a miss, `ticket` (when the index knew a
+ * likely customer) lets the caller fill the cache after reading the database, and only if nothing
+ * invalidated that customer in between.
+ */
+export interface CacheLookup {
+  readonly customer: Customer | null;
+  readonly ticket: FillTicket | null;
+}
+
+/** A customer's generation as seen before a database read; see CustomerCache.fill. */
+export interface FillTicket {
+  /** The customer's key digest: hex SHA-256 of its primary id. */
+  readonly digest: string;
+  readonly generation: string;
+}
+
+/** Counters of what the cache did, for logs and metrics. */
+export interface CacheStats {
+  hits: number;
+  misses: number;
+  fills: number;
+  /** Fills refused because the customer was invalidated after the ticket was taken. */
+  staleFillsRefused: number;
+  invalidations: number;
+  /** Cache operations that failed or timed out (the request went on without the cache). */
+  errors: number;
+}
+
+/**
+ * The consolidated-customer cache. Entries live under the hex SHA-256 of the primary id; an index
+ * maps the SHA-256 of each identifier key (`email:…`, `phone:…`) to that digest, so no email or
+ * phone appears in a key. Every customer has a generation token that changes whenever it is
+ * invalidated.
+ *
+ * Never stale: writers call `invalidate` after COMMIT and before answering; readers fill only with
+ * a ticket taken before their database read, and the fill is refused if the generation moved.
+ * No method throws: a failing or slow backend degrades to misses, counted in `stats`.
+ */
+export interface CustomerCache {
+  readonly kind: "redis" | "memory" | "off";
+  /**
+   * A hit is the cached customer that the index gives for every identifier of the request and
+   * that holds every value of it. Anything else is a miss, with a ticket when the index names one
+   * customer for all the request's identifiers.
+   */
+  lookup(request: IdentifyRequest): Promise<CacheLookup>;
+  /**
+   * Stores `customer` (read from the database after `ticket` was taken) and points the index of
+   * the request's identifiers at it, unless the customer's generation is no longer the ticket's.
+   */
+  fill(ticket: FillTicket, customer: Customer, request: IdentifyRequest): Promise<void>;
+  /** Points the index of the request's identifiers at `primaryId` (a wrong hint costs a miss). */
+  hint(request: IdentifyRequest, primaryId: number): Promise<void>;
+  /**
+   * Drops the entries of `changedPrimaryIds` and gives each a new generation, then points the
+   * index of the request's identifiers at `primaryId`. Called after COMMIT, before answering.
+   * If the backend cannot be reached, the invalidation is kept and retried, and lookups miss
+   * until it has gone through.
+   */
+  invalidate(
+    changedPrimaryIds: readonly number[],
+    request: IdentifyRequest,
+    primaryId: number,
+  ): Promise<void>;
+  stats(): CacheStats;
+  close(): Promise<void>;
+}
+
+/** The hex SHA-256 of a primary contact id: the cache key of its customer (under the prefix). */
+export function customerDigest(primaryId: number): string {
+  return createHash("sha256").update(String(primaryId)).digest("hex");
+}
+
+/** The hex SHA-256 of a normalized identifier key such as `email:doc@hillvalley.edu`. */
+export function identifierDigest(identifierKey: string): string {
+  return createHash("sha256").update(identifierKey).digest("hex");
+}
+
+export function emptyStats(): CacheStats {
+  return { hits: 0, misses: 0, fills: 0, staleFillsRefused: 0, invalidations: 0, errors: 0 };
+}
+
+/** CACHE=off: every lookup misses, nothing is stored. */
+export class NoCache implements CustomerCache {
+  readonly kind = "off" as const;
+  private readonly counters = emptyStats();
+
+  lookup(): Promise<CacheLookup> {
+    this.counters.misses++;
+    return Promise.resolve({ customer: null, ticket: null });
+  }
+
+  fill(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  hint(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  invalidate(): Promise<void> {
+    return Promise.resolve();
+  }
+
+  stats(): CacheStats {
+    return { ...this.counters };
+  }
+
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+}

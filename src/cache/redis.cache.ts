@@ -1,0 +1,346 @@
+import { randomUUID } from "node:crypto";
+import { Redis } from "ioredis";
+import type { Customer, IdentifyRequest } from "../domain/contact.js";
+import { identifierKeys } from "../domain/contact.js";
+import { customerHolds } from "../domain/contact.js";
+import { customerDigest, emptyStats, identifierDigest } from "./customer-cache.js";
+import type { CacheLookup, CacheStats, CustomerCache, FillTicket } from "./customer-cache.js";
+
+export interface RedisCacheOptions {
+  readonly url: string;
+  /** Prepended to every key, e.g. `identity:v1:`. */
+  readonly prefix: string;
+  readonly ttlSeconds: number;
+  /** A command slower than this counts as a failure; the request goes on without the cache. */
+  readonly timeoutMs: number;
+}
+
+/** What the cache tells its operator: a state change, with the reason. */
+export interface CacheEvents {
+  readonly onUnavailable?: (reason: string) => void;
+  readonly onAvailable?: () => void;
+}
+
+// KEYS: the two index keys (the same key twice for a one-identifier request).
+// ARGV: prefix, a fresh generation token, the generation TTL in seconds.
+// Returns nil (index unknown or split), {digest, entry} on an entry, {digest, "", generation}
+// on a miss with a ticket. The customer keys are derived from the index value inside the script.
+const LOOKUP_SCRIPT = `
+local digest = redis.call('GET', KEYS[1])
+if not digest then return nil end
+if KEYS[2] ~= KEYS[1] and redis.call('GET', KEYS[2]) ~= digest then return nil end
+local entry = redis.call('GET', ARGV[1] .. digest)
+if entry then return {digest, entry} end
+local generationKey = ARGV[1] .. 'gen:' .. digest
+local generation = redis.call('GET', generationKey)
+if not generation then
+  redis.call('SET', generationKey, ARGV[2], 'EX', ARGV[3])
+  generation = ARGV[2]
+end
+return {digest, '', generation}
+`;
+
+// KEYS: customer key, generation key, the two index keys.
+// ARGV: ticket generation, customer JSON, TTL, digest, generation TTL.
+const FILL_SCRIPT = `
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
+redis.call('EXPIRE', KEYS[2], ARGV[5])
+redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[3])
+redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[3])
+return 1
+`;
+
+interface ScriptedRedis {
+  identityLookup(
+    indexKey1: string,
+    indexKey2: string,
+    prefix: string,
+    token: string,
+    generationTtl: number,
+  ): Promise<[string, string, string?] | null>;
+  identityFill(
+    customerKey: string,
+    generationKey: string,
+    indexKey1: string,
+    indexKey2: string,
+    generation: string,
+    value: string,
+    ttl: number,
+    digest: string,
+    generationTtl: number,
+  ): Promise<number>;
+}
+
+/**
+ * The cache in Redis, shared by every instance. Redis is an accelerator: commands time out after
+ * `timeoutMs`, nothing is queued while it is disconnected (ioredis reconnects on its own), and
+ * every failure degrades to a database read. An invalidation that fails is kept and retried;
+ * until it goes through, this instance neither reads nor fills the cache.
+ */
+export class RedisCustomerCache implements CustomerCache {
+  readonly kind = "redis" as const;
+  private readonly redis: Redis;
+  private readonly scripted: ScriptedRedis;
+  private readonly counters = emptyStats();
+  private readonly pending = new Set<number>();
+  private retryTimer: NodeJS.Timeout | null = null;
+  private available = true;
+
+  constructor(
+    private readonly options: RedisCacheOptions,
+    private readonly events: CacheEvents = {},
+  ) {
+    this.redis = new Redis(options.url, {
+      commandTimeout: options.timeoutMs,
+      connectTimeout: Math.max(options.timeoutMs * 10, 500),
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      retryStrategy: (attempt) => Math.min(50 * attempt, 1000),
+      lazyConnect: false,
+    });
+    this.redis.defineCommand("identityLookup", { numberOfKeys: 2, lua: LOOKUP_SCRIPT });
+    this.redis.defineCommand("identityFill", { numberOfKeys: 4, lua: FILL_SCRIPT });
+    this.scripted = this.redis as unknown as ScriptedRedis;
+    this.redis.on("error", (error: Error) => {
+      this.markUnavailable(error.message);
+    });
+    this.redis.on("ready", () => {
+      void this.flushPending();
+    });
+  }
+
+  /**
+   * Resolves true once connected, or false after `timeoutMs`; the cache works either way (it
+   * misses until Redis is reachable), so start-up need not fail on it.
+   */
+  async waitUntilReady(timeoutMs: number): Promise<boolean> {
+    if (this.redis.status === "ready") {
+      return true;
+    }
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => {
+        this.redis.off("ready", onReady);
+        resolve(false);
+      }, timeoutMs);
+      const onReady = () => {
+        clearTimeout(timer);
+        resolve(true);
+      };
+      this.redis.once("ready", onReady);
+    });
+  }
+
+  private key(digest: string): string {
+    return `${this.options.prefix}${digest}`;
+  }
+
+  private generationKey(digest: string): string {
+    return `${this.options.prefix}gen:${digest}`;
+  }
+
+  private indexKeys(request: IdentifyRequest): [string, string] {
+    const keys = identifierKeys(request).map(
+      (key) => `${this.options.prefix}idx:${identifierDigest(key)}`,
+    );
+    const first = keys[0] ?? "";
+    return [first, keys[1] ?? first];
+  }
+
+  private get generationTtl(): number {
+    return this.options.ttlSeconds * 2;
+  }
+
+  async lookup(request: IdentifyRequest): Promise<CacheLookup> {
+    if (this.pending.size > 0) {
+      this.counters.misses++;
+      return { customer: null, ticket: null };
+    }
+    try {
+      const [index1, index2] = this.indexKeys(request);
+      const result = await this.scripted.identityLookup(
+        index1,
+        index2,
+        this.options.prefix,
+        randomUUID(),
+        this.generationTtl,
+      );
+      this.markAvailable();
+      if (result === null) {
+        this.counters.misses++;
+        return { customer: null, ticket: null };
+      }
+      const [digest, entry, generation] = result;
+      if (entry !== "") {
+        const customer = JSON.parse(entry) as Customer;
+        if (customerHolds(customer, request)) {
+          this.counters.hits++;
+          return { customer, ticket: null };
+        }
+        this.counters.misses++;
+        return { customer: null, ticket: null };
+      }
+      this.counters.misses++;
+      return { customer: null, ticket: generation === undefined ? null : { digest, generation } };
+    } catch (error) {
+      this.failed(error);
+      this.counters.misses++;
+      return { customer: null, ticket: null };
+    }
+  }
+
+  async fill(ticket: FillTicket, customer: Customer, request: IdentifyRequest): Promise<void> {
+    const digest = customerDigest(customer.primaryContactId);
+    if (digest !== ticket.digest || this.pending.size > 0) {
+      this.counters.staleFillsRefused++;
+      return;
+    }
+    try {
+      const [index1, index2] = this.indexKeys(request);
+      const stored = await this.scripted.identityFill(
+        this.key(digest),
+        this.generationKey(digest),
+        index1,
+        index2,
+        ticket.generation,
+        JSON.stringify(customer),
+        this.options.ttlSeconds,
+        digest,
+        this.generationTtl,
+      );
+      if (stored === 1) {
+        this.counters.fills++;
+      } else {
+        this.counters.staleFillsRefused++;
+      }
+    } catch (error) {
+      this.failed(error);
+    }
+  }
+
+  async hint(request: IdentifyRequest, primaryId: number): Promise<void> {
+    if (this.pending.size > 0) {
+      return;
+    }
+    try {
+      const [index1, index2] = this.indexKeys(request);
+      const digest = customerDigest(primaryId);
+      const ttl = this.options.ttlSeconds;
+      await this.redis.multi().set(index1, digest, "EX", ttl).set(index2, digest, "EX", ttl).exec();
+    } catch (error) {
+      this.failed(error);
+    }
+  }
+
+  async invalidate(
+    changedPrimaryIds: readonly number[],
+    request: IdentifyRequest,
+    primaryId: number,
+  ): Promise<void> {
+    for (const id of changedPrimaryIds) {
+      this.pending.add(id);
+    }
+    try {
+      await this.apply([...changedPrimaryIds], request, primaryId);
+      for (const id of changedPrimaryIds) {
+        this.pending.delete(id);
+      }
+      this.counters.invalidations += changedPrimaryIds.length;
+    } catch (error) {
+      this.failed(error);
+      this.scheduleRetry();
+    }
+  }
+
+  stats(): CacheStats {
+    return { ...this.counters };
+  }
+
+  async close(): Promise<void> {
+    if (this.retryTimer !== null) {
+      clearTimeout(this.retryTimer);
+      this.retryTimer = null;
+    }
+    if (this.pending.size > 0) {
+      await this.flushPending();
+    }
+    this.redis.disconnect();
+  }
+
+  /** Invalidations still owed to Redis (for tests and readiness reports). */
+  pendingInvalidations(): number {
+    return this.pending.size;
+  }
+
+  private async apply(
+    primaryIds: readonly number[],
+    request: IdentifyRequest | null,
+    primaryId: number | null,
+  ): Promise<void> {
+    const transaction = this.redis.multi();
+    for (const id of primaryIds) {
+      const digest = customerDigest(id);
+      transaction.set(this.generationKey(digest), randomUUID(), "EX", this.generationTtl);
+      transaction.del(this.key(digest));
+    }
+    if (request !== null && primaryId !== null) {
+      const [index1, index2] = this.indexKeys(request);
+      const digest = customerDigest(primaryId);
+      transaction.set(index1, digest, "EX", this.options.ttlSeconds);
+      transaction.set(index2, digest, "EX", this.options.ttlSeconds);
+    }
+    const results = await transaction.exec();
+    const failure = results?.find(([error]) => error !== null)?.[0];
+    if (results === null || failure) {
+      throw failure ?? new Error("redis transaction aborted");
+    }
+  }
+
+  private async flushPending(): Promise<void> {
+    if (this.pending.size === 0) {
+      return;
+    }
+    const ids = [...this.pending];
+    try {
+      await this.apply(ids, null, null);
+      for (const id of ids) {
+        this.pending.delete(id);
+      }
+      this.counters.invalidations += ids.length;
+      this.markAvailable();
+    } catch (error) {
+      this.failed(error);
+      this.scheduleRetry();
+    }
+  }
+
+  private scheduleRetry(): void {
+    if (this.retryTimer !== null) {
+      return;
+    }
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = null;
+      void this.flushPending();
+    }, 250);
+    this.retryTimer.unref();
+  }
+
+  private failed(error: unknown): void {
+    this.counters.errors++;
+    this.markUnavailable(error instanceof Error ? error.message : String(error));
+  }
+
+  private markUnavailable(reason: string): void {
+    if (this.available) {
+      this.available = false;
+      this.events.onUnavailable?.(reason);
+    }
+  }
+
+  private markAvailable(): void {
+    if (!this.available && this.pending.size === 0) {
+      this.available = true;
+      this.events.onAvailable?.();
+    }
+  }
+}

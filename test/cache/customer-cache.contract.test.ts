@@ -1,0 +1,244 @@
+import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
+import { after, describe, it } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { Redis } from "ioredis";
+import { customerDigest } from "../../src/cache/customer-cache.js";
+import type { CustomerCache } from "../../src/cache/customer-cache.js";
+import { MemoryCustomerCache } from "../../src/cache/memory.cache.js";
+import { RedisCustomerCache } from "../../src/cache/redis.cache.js";
+import type { Customer, IdentifyRequest } from "../../src/domain/contact.js";
+import { deleteKeys, keysUnder, testRedisUrl, uniquePrefix } from "../support/redis.js";
+
+interface Adapter {
+  readonly name: string;
+  create(ttlSeconds?: number): Promise<CustomerCache>;
+}
+
+const redisUrl = testRedisUrl();
+const prefixes: string[] = [];
+const adapters: Adapter[] = [
+  {
+    name: "in-process",
+    create: (ttlSeconds = 3600) =>
+      Promise.resolve(new MemoryCustomerCache({ ttlSeconds, maxEntries: 1000 })),
+  },
+];
+if (redisUrl !== null) {
+  adapters.push({
+    name: "redis",
+    create: async (ttlSeconds = 3600) => {
+      const prefix = uniquePrefix();
+      prefixes.push(prefix);
+      const cache = new RedisCustomerCache({ url: redisUrl, prefix, ttlSeconds, timeoutMs: 200 });
+      assert.ok(await cache.waitUntilReady(5000));
+      return cache;
+    },
+  });
+}
+
+after(async () => {
+  if (redisUrl !== null) {
+    for (const prefix of prefixes) {
+      await deleteKeys(redisUrl, prefix);
+    }
+  }
+});
+
+let counter = 0;
+function fresh(): { request: IdentifyRequest; customer: Customer } {
+  counter++;
+  const email = `doc${counter}@hillvalley.edu`;
+  const phoneNumber = `+1555${String(counter).padStart(6, "0")}`;
+  return {
+    request: { email, phoneNumber },
+    customer: {
+      primaryContactId: 1000 + counter,
+      emails: [email],
+      phoneNumbers: [phoneNumber],
+      secondaryContactIds: [],
+    },
+  };
+}
+
+for (const adapter of adapters) {
+  describe(`customer cache contract: ${adapter.name}`, () => {
+    const caches: CustomerCache[] = [];
+    const open = async (ttl?: number) => {
+      const cache = await adapter.create(ttl);
+      caches.push(cache);
+      return cache;
+    };
+    after(async () => {
+      await Promise.all(caches.map((cache) => cache.close()));
+    });
+
+    it("misses without a ticket when the index knows nothing", async () => {
+      const cache = await open();
+      const { request } = fresh();
+      assert.deepEqual(await cache.lookup(request), { customer: null, ticket: null });
+      assert.equal(cache.stats().misses, 1);
+    });
+
+    it("gives a ticket once hinted, and a hit once filled with it", async () => {
+      const cache = await open();
+      const { request, customer } = fresh();
+      await cache.hint(request, customer.primaryContactId);
+      const miss = await cache.lookup(request);
+      assert.equal(miss.customer, null);
+      assert.ok(miss.ticket);
+      assert.equal(miss.ticket.digest, customerDigest(customer.primaryContactId));
+      await cache.fill(miss.ticket, customer, request);
+      assert.deepEqual(await cache.lookup(request), { customer, ticket: null });
+      assert.deepEqual(await cache.lookup({ email: request.email, phoneNumber: null }), {
+        customer,
+        ticket: null,
+      });
+      assert.deepEqual(
+        { hits: cache.stats().hits, fills: cache.stats().fills },
+        { hits: 2, fills: 1 },
+      );
+    });
+
+    it("misses when the cached customer lacks one of the request's values", async () => {
+      const cache = await open();
+      const { request, customer } = fresh();
+      await cache.hint(request, customer.primaryContactId);
+      const { ticket } = await cache.lookup(request);
+      assert.ok(ticket);
+      const without = { ...customer, phoneNumbers: [] };
+      await cache.fill(ticket, without, request);
+      assert.equal((await cache.lookup(request)).customer, null);
+      assert.deepEqual(
+        (await cache.lookup({ email: request.email, phoneNumber: null })).customer,
+        without,
+      );
+    });
+
+    it("misses without a ticket when the identifiers point at two customers", async () => {
+      const cache = await open();
+      const a = fresh();
+      const b = fresh();
+      await cache.hint({ email: a.request.email, phoneNumber: null }, a.customer.primaryContactId);
+      await cache.hint(
+        { email: null, phoneNumber: b.request.phoneNumber },
+        b.customer.primaryContactId,
+      );
+      assert.deepEqual(
+        await cache.lookup({ email: a.request.email, phoneNumber: b.request.phoneNumber }),
+        { customer: null, ticket: null },
+      );
+    });
+
+    it("drops an entry on invalidate and changes its generation", async () => {
+      const cache = await open();
+      const { request, customer } = fresh();
+      await cache.hint(request, customer.primaryContactId);
+      const first = await cache.lookup(request);
+      assert.ok(first.ticket);
+      await cache.fill(first.ticket, customer, request);
+      await cache.invalidate([customer.primaryContactId], request, customer.primaryContactId);
+      const after = await cache.lookup(request);
+      assert.equal(after.customer, null);
+      assert.ok(after.ticket);
+      assert.notEqual(after.ticket.generation, first.ticket.generation);
+    });
+
+    it("refuses a fill whose ticket was taken before an invalidation (the fill-after-invalidate race)", async () => {
+      const cache = await open();
+      const { request, customer } = fresh();
+      await cache.hint(request, customer.primaryContactId);
+      const { ticket } = await cache.lookup(request);
+      assert.ok(ticket);
+      // A writer commits and invalidates between this reader's database read and its fill.
+      await cache.invalidate([customer.primaryContactId], request, customer.primaryContactId);
+      await cache.fill(ticket, customer, request);
+      assert.equal((await cache.lookup(request)).customer, null);
+      assert.equal(cache.stats().staleFillsRefused, 1);
+      assert.equal(cache.stats().fills, 0);
+    });
+
+    it("refuses a fill for another customer than the ticket's", async () => {
+      const cache = await open();
+      const { request, customer } = fresh();
+      await cache.hint(request, customer.primaryContactId);
+      const { ticket } = await cache.lookup(request);
+      assert.ok(ticket);
+      await cache.fill(ticket, { ...customer, primaryContactId: 1 }, request);
+      assert.equal((await cache.lookup(request)).customer, null);
+      assert.equal(cache.stats().staleFillsRefused, 1);
+    });
+
+    it("expires entries after the TTL", async () => {
+      const cache = await open(1);
+      const { request, customer } = fresh();
+      await cache.hint(request, customer.primaryContactId);
+      const { ticket } = await cache.lookup(request);
+      assert.ok(ticket);
+      await cache.fill(ticket, customer, request);
+      assert.deepEqual((await cache.lookup(request)).customer, customer);
+      await sleep(1300);
+      assert.equal((await cache.lookup(request)).customer, null);
+    });
+  });
+}
+
+if (redisUrl !== null) {
+  describe("redis cache keys", () => {
+    it("stores the consolidated answer under the prefix and the hex SHA-256 of the primary id, with a one-hour expiry", async () => {
+      const prefix = uniquePrefix();
+      prefixes.push(prefix);
+      const cache = new RedisCustomerCache({
+        url: redisUrl,
+        prefix,
+        ttlSeconds: 3600,
+        timeoutMs: 200,
+      });
+      assert.ok(await cache.waitUntilReady(5000));
+      const redis = new Redis(redisUrl);
+      try {
+        const { request, customer } = fresh();
+        await cache.hint(request, customer.primaryContactId);
+        const { ticket } = await cache.lookup(request);
+        assert.ok(ticket);
+        await cache.fill(ticket, customer, request);
+
+        const digest = createHash("sha256").update(String(customer.primaryContactId)).digest("hex");
+        const stored = await redis.get(`${prefix}${digest}`);
+        assert.ok(stored);
+        assert.deepEqual(JSON.parse(stored), customer);
+        const ttl = await redis.ttl(`${prefix}${digest}`);
+        assert.ok(ttl > 3590 && ttl <= 3600, `ttl ${ttl}`);
+
+        const keys = await keysUnder(redisUrl, prefix);
+        for (const key of keys) {
+          assert.doesNotMatch(key, /@|hillvalley|\+1555/, `no identifier in key ${key}`);
+        }
+      } finally {
+        redis.disconnect();
+        await cache.close();
+      }
+    });
+
+    it("degrades to misses, within the timeout, when Redis cannot be reached", async () => {
+      const cache = new RedisCustomerCache({
+        url: "redis://127.0.0.1:1",
+        prefix: uniquePrefix(),
+        ttlSeconds: 60,
+        timeoutMs: 50,
+      });
+      try {
+        const { request, customer } = fresh();
+        const started = Date.now();
+        assert.deepEqual(await cache.lookup(request), { customer: null, ticket: null });
+        await cache.invalidate([customer.primaryContactId], request, customer.primaryContactId);
+        await cache.hint(request, customer.primaryContactId);
+        assert.ok(Date.now() - started < 1000);
+        assert.ok(cache.stats().errors >= 2);
+        assert.equal(cache.pendingInvalidations(), 1);
+      } finally {
+        await cache.close();
+      }
+    });
+  });
+}
