@@ -10,6 +10,7 @@ export interface Config {
   readonly database: DatabaseTarget;
   readonly databasePoolSize: number;
   readonly databaseLockTimeoutMs: number;
+  readonly sqliteSynchronous: "full" | "normal";
   readonly logLevel: LogLevel;
   readonly errorMessages: ErrorMessages;
   readonly redisUrl: string | null;
@@ -98,6 +99,14 @@ export const VARIABLES = [
     meaning:
       "How long a transaction waits for a lock (or SQLite for its file) before it is retried.",
     parse: integer(100, 600000),
+  }),
+  variable({
+    name: "SQLITE_SYNCHRONOUS",
+    key: "sqliteSynchronous",
+    default: "normal",
+    meaning:
+      "SQLite only: normal syncs the WAL at checkpoints (a power loss can undo the last commits); full at every COMMIT.",
+    parse: oneOf("full", "normal"),
   }),
   variable({
     name: "LOG_LEVEL",

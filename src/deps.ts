@@ -63,6 +63,7 @@ export async function createDeps(config: Config, logger: FastifyBaseLogger): Pro
   const database = openDatabase(config.database, {
     poolSize: config.databasePoolSize,
     lockTimeoutMs: config.databaseLockTimeoutMs,
+    sqliteSynchronous: config.sqliteSynchronous,
     onIdleConnectionError: (error) => {
       logger.warn({ reason: error.message }, "database dropped an idle connection");
     },

@@ -10,6 +10,7 @@ describe("loadConfig", () => {
       database: { dialect: "sqlite", path: "./data/contacts.db" },
       databasePoolSize: 10,
       databaseLockTimeoutMs: 5000,
+      sqliteSynchronous: "normal",
       logLevel: "info",
       errorMessages: "masked",
       redisUrl: null,

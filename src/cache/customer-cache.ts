@@ -23,9 +23,10 @@ export interface CacheStats {
   hits: number;
   misses: number;
   fills: number;
-  /** Fills refused because the customer was invalidated after the ticket was taken. */
+  /** Fills refused: the customer was published (or demoted) after the ticket was taken. */
   staleFillsRefused: number;
-  invalidations: number;
+  /** Customers published by writers (tombstones included). */
+  publications: number;
   /** Cache operations that failed or timed out (the request went on without the cache). */
   errors: number;
 }
@@ -33,11 +34,15 @@ export interface CacheStats {
 /**
  * The consolidated-customer cache. Entries live under the hex SHA-256 of the primary id; an index
  * maps the SHA-256 of each identifier key (`email:…`, `phone:…`) to that digest, so no email or
- * phone appears in a key. Every customer has a generation token that changes whenever it is
- * invalidated.
+ * phone appears in a key. Every customer has a generation token that changes whenever a writer
+ * publishes it.
  *
- * Never stale: writers call `invalidate` after COMMIT and before answering; readers fill only with
- * a ticket taken before their database read, and the fill is refused if the generation moved.
+ * Versions: a customer only grows (every change adds at least one row), so its row count,
+ * `1 + secondaryContactIds.length`, orders its states. An entry is never replaced by a lower or
+ * equal version, and a merged-away primary gets a tombstone that nothing overwrites.
+ *
+ * Never stale: writers `publish` after COMMIT and before answering; readers fill only with a
+ * ticket taken before their database read, and the fill is refused if the generation moved.
  * No method throws: a failing or slow backend degrades to misses, counted in `stats`.
  */
 export interface CustomerCache {
@@ -56,15 +61,16 @@ export interface CustomerCache {
   /** Points the index of the request's identifiers at `primaryId` (a wrong hint costs a miss). */
   hint(request: IdentifyRequest, primaryId: number): Promise<void>;
   /**
-   * Drops the entries of `changedPrimaryIds` and gives each a new generation, then points the
-   * index of the request's identifiers at `primaryId`. Called after COMMIT, before answering.
-   * If the backend cannot be reached, the invalidation is kept and retried, and lookups miss
-   * until it has gone through.
+   * After a write committed, before answering: stores `customer` (unless a newer version is
+   * already there) with a new generation, turns every id of `demotedPrimaryIds` into a tombstone,
+   * and points the index of the request's identifiers at the customer. If the backend cannot be
+   * reached, the customer's entry is dropped and the tombstones written as soon as it can be, and
+   * lookups miss until then.
    */
-  invalidate(
-    changedPrimaryIds: readonly number[],
+  publish(
+    customer: Customer,
+    demotedPrimaryIds: readonly number[],
     request: IdentifyRequest,
-    primaryId: number,
   ): Promise<void>;
   stats(): CacheStats;
   close(): Promise<void>;
@@ -81,7 +87,12 @@ export function identifierDigest(identifierKey: string): string {
 }
 
 export function emptyStats(): CacheStats {
-  return { hits: 0, misses: 0, fills: 0, staleFillsRefused: 0, invalidations: 0, errors: 0 };
+  return { hits: 0, misses: 0, fills: 0, staleFillsRefused: 0, publications: 0, errors: 0 };
+}
+
+/** The version of a customer's state: its number of rows. */
+export function versionOf(customer: Customer): number {
+  return customer.secondaryContactIds.length + 1;
 }
 
 /** CACHE=off: every lookup misses, nothing is stored. */
@@ -102,7 +113,7 @@ export class NoCache implements CustomerCache {
     return Promise.resolve();
   }
 
-  invalidate(): Promise<void> {
+  publish(): Promise<void> {
     return Promise.resolve();
   }
 

@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import { LRUCache } from "lru-cache";
 import type { Customer, IdentifyRequest } from "../domain/contact.js";
 import { customerHolds, identifierKeys } from "../domain/contact.js";
-import { customerDigest, emptyStats, identifierDigest } from "./customer-cache.js";
+import { customerDigest, emptyStats, identifierDigest, versionOf } from "./customer-cache.js";
 import type { CacheLookup, CacheStats, CustomerCache, FillTicket } from "./customer-cache.js";
 
 export interface MemoryCacheOptions {
@@ -11,19 +11,23 @@ export interface MemoryCacheOptions {
   readonly maxEntries: number;
 }
 
+type Entry = { readonly customer: Customer } | { readonly demoted: true };
+
 /**
  * The cache in this process's memory, with the same keys and rules as the Redis one. Coherent
  * within one process only: with several processes, use Redis (or CACHE=off).
  */
 export class MemoryCustomerCache implements CustomerCache {
   readonly kind = "memory" as const;
-  private readonly entries: LRUCache<string, string>;
+  private readonly entries: LRUCache<string, Entry>;
+  private readonly tokens: LRUCache<string, string>;
   private readonly counters = emptyStats();
   private readonly ttlMs: number;
 
   constructor(options: MemoryCacheOptions) {
     this.ttlMs = options.ttlSeconds * 1000;
-    this.entries = new LRUCache<string, string>({ max: options.maxEntries, ttl: this.ttlMs });
+    this.entries = new LRUCache<string, Entry>({ max: options.maxEntries, ttl: this.ttlMs });
+    this.tokens = new LRUCache<string, string>({ max: options.maxEntries, ttl: this.ttlMs });
   }
 
   lookup(request: IdentifyRequest): Promise<CacheLookup> {
@@ -32,33 +36,36 @@ export class MemoryCustomerCache implements CustomerCache {
       this.counters.misses++;
       return Promise.resolve({ customer: null, ticket: null });
     }
-    const cached = this.entries.get(`c:${digest}`);
-    if (cached !== undefined) {
-      const customer = JSON.parse(cached) as Customer;
-      if (customerHolds(customer, request)) {
-        this.counters.hits++;
-        return Promise.resolve({ customer, ticket: null });
-      }
+    const entry = this.entries.get(`c:${digest}`);
+    if (entry !== undefined && "customer" in entry && customerHolds(entry.customer, request)) {
+      this.counters.hits++;
+      return Promise.resolve({ customer: entry.customer, ticket: null });
     }
     this.counters.misses++;
-    let generation = this.entries.get(`g:${digest}`);
+    if (entry !== undefined && "demoted" in entry) {
+      return Promise.resolve({ customer: null, ticket: null });
+    }
+    let generation = this.tokens.get(`g:${digest}`);
     if (generation === undefined) {
       generation = randomUUID();
-      this.entries.set(`g:${digest}`, generation, { ttl: this.ttlMs * 2 });
+      this.tokens.set(`g:${digest}`, generation, { ttl: this.ttlMs * 2 });
     }
     return Promise.resolve({ customer: null, ticket: { digest, generation } });
   }
 
   fill(ticket: FillTicket, customer: Customer, request: IdentifyRequest): Promise<void> {
     const digest = customerDigest(customer.primaryContactId);
-    if (digest !== ticket.digest || this.entries.get(`g:${digest}`) !== ticket.generation) {
+    if (digest !== ticket.digest || this.tokens.get(`g:${digest}`) !== ticket.generation) {
       this.counters.staleFillsRefused++;
       return Promise.resolve();
     }
-    this.entries.set(`c:${digest}`, JSON.stringify(customer));
-    this.entries.set(`g:${digest}`, ticket.generation, { ttl: this.ttlMs * 2 });
-    this.index(request, digest);
-    this.counters.fills++;
+    if (this.store(digest, customer)) {
+      this.tokens.set(`g:${digest}`, ticket.generation, { ttl: this.ttlMs * 2 });
+      this.index(request, digest);
+      this.counters.fills++;
+    } else {
+      this.counters.staleFillsRefused++;
+    }
     return Promise.resolve();
   }
 
@@ -67,18 +74,21 @@ export class MemoryCustomerCache implements CustomerCache {
     return Promise.resolve();
   }
 
-  invalidate(
-    changedPrimaryIds: readonly number[],
+  publish(
+    customer: Customer,
+    demotedPrimaryIds: readonly number[],
     request: IdentifyRequest,
-    primaryId: number,
   ): Promise<void> {
-    for (const id of changedPrimaryIds) {
-      const digest = customerDigest(id);
-      this.entries.delete(`c:${digest}`);
-      this.entries.set(`g:${digest}`, randomUUID(), { ttl: this.ttlMs * 2 });
-      this.counters.invalidations++;
+    const digest = customerDigest(customer.primaryContactId);
+    this.tokens.set(`g:${digest}`, randomUUID(), { ttl: this.ttlMs * 2 });
+    this.store(digest, customer);
+    for (const id of demotedPrimaryIds) {
+      const demoted = customerDigest(id);
+      this.entries.set(`c:${demoted}`, { demoted: true });
+      this.tokens.set(`g:${demoted}`, randomUUID(), { ttl: this.ttlMs * 2 });
     }
-    this.index(request, customerDigest(primaryId));
+    this.index(request, digest);
+    this.counters.publications += 1 + demotedPrimaryIds.length;
     return Promise.resolve();
   }
 
@@ -88,12 +98,26 @@ export class MemoryCustomerCache implements CustomerCache {
 
   close(): Promise<void> {
     this.entries.clear();
+    this.tokens.clear();
     return Promise.resolve();
+  }
+
+  /** Stores the customer unless a tombstone or an equal or newer version is there. */
+  private store(digest: string, customer: Customer): boolean {
+    const current = this.entries.get(`c:${digest}`);
+    if (
+      current !== undefined &&
+      ("demoted" in current || versionOf(current.customer) >= versionOf(customer))
+    ) {
+      return false;
+    }
+    this.entries.set(`c:${digest}`, { customer });
+    return true;
   }
 
   private index(request: IdentifyRequest, digest: string): void {
     for (const key of identifierKeys(request)) {
-      this.entries.set(`i:${identifierDigest(key)}`, digest);
+      this.tokens.set(`i:${identifierDigest(key)}`, digest);
     }
   }
 
@@ -101,7 +125,7 @@ export class MemoryCustomerCache implements CustomerCache {
   private indexedDigest(request: IdentifyRequest): string | null {
     let digest: string | null = null;
     for (const key of identifierKeys(request)) {
-      const found = this.entries.get(`i:${identifierDigest(key)}`);
+      const found = this.tokens.get(`i:${identifierDigest(key)}`);
       if (found === undefined || (digest !== null && found !== digest)) {
         return null;
       }

@@ -3,7 +3,7 @@ import { Redis } from "ioredis";
 import type { Customer, IdentifyRequest } from "../domain/contact.js";
 import { identifierKeys } from "../domain/contact.js";
 import { customerHolds } from "../domain/contact.js";
-import { customerDigest, emptyStats, identifierDigest } from "./customer-cache.js";
+import { customerDigest, emptyStats, identifierDigest, versionOf } from "./customer-cache.js";
 import type { CacheLookup, CacheStats, CustomerCache, FillTicket } from "./customer-cache.js";
 
 export interface RedisCacheOptions {
@@ -40,14 +40,46 @@ end
 return {digest, '', generation}
 `;
 
+const TOMBSTONE = '{"demoted":true}';
+
+// True when the entry at KEYS[1] may be replaced by a customer of version ARGV[version]: absent,
+// or an older version; never a tombstone.
+const NEWER = `
+local function newer(key, version)
+  local current = redis.call('GET', key)
+  if not current then return true end
+  local entry = cjson.decode(current)
+  if entry.demoted then return false end
+  return #entry.secondaryContactIds + 1 < version
+end
+`;
+
 // KEYS: customer key, generation key, the two index keys.
-// ARGV: ticket generation, customer JSON, TTL, digest, generation TTL.
-const FILL_SCRIPT = `
+// ARGV: ticket generation, customer JSON, TTL, digest, generation TTL, version.
+const FILL_SCRIPT = `${NEWER}
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
+if not newer(KEYS[1], tonumber(ARGV[6])) then return 0 end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[5])
 redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[3])
 redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[3])
+return 1
+`;
+
+// KEYS: customer key, generation key, the two index keys, then per demoted primary its customer
+// key and generation key. ARGV: customer JSON, TTL, digest, generation TTL, version, new token,
+// tombstone.
+const PUBLISH_SCRIPT = `${NEWER}
+redis.call('SET', KEYS[2], ARGV[6], 'EX', ARGV[4])
+if newer(KEYS[1], tonumber(ARGV[5])) then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+end
+redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[2])
+redis.call('SET', KEYS[4], ARGV[3], 'EX', ARGV[2])
+for i = 5, #KEYS, 2 do
+  redis.call('SET', KEYS[i], ARGV[7], 'EX', ARGV[2])
+  redis.call('SET', KEYS[i + 1], ARGV[6], 'EX', ARGV[4])
+end
 return 1
 `;
 
@@ -69,21 +101,25 @@ interface ScriptedRedis {
     ttl: number,
     digest: string,
     generationTtl: number,
+    version: number,
   ): Promise<number>;
+  identityPublish(keyCount: number, ...keysAndArgs: (string | number)[]): Promise<number>;
 }
 
 /**
  * The cache in Redis, shared by every instance. Redis is an accelerator: commands time out after
  * `timeoutMs`, nothing is queued while it is disconnected (ioredis reconnects on its own), and
- * every failure degrades to a database read. An invalidation that fails is kept and retried;
- * until it goes through, this instance neither reads nor fills the cache.
+ * every failure degrades to a database read. A publication that fails is owed (the entry dropped,
+ * the tombstones written) and retried; until it goes through, this instance neither reads nor
+ * fills the cache.
  */
 export class RedisCustomerCache implements CustomerCache {
   readonly kind = "redis" as const;
   private readonly redis: Redis;
   private readonly scripted: ScriptedRedis;
   private readonly counters = emptyStats();
-  private readonly pending = new Set<number>();
+  /** Writes owed to Redis: per primary id, drop its entry or make it a tombstone. */
+  private readonly pending = new Map<number, "drop" | "tombstone">();
   private retryTimer: NodeJS.Timeout | null = null;
   private available = true;
 
@@ -101,6 +137,7 @@ export class RedisCustomerCache implements CustomerCache {
     });
     this.redis.defineCommand("identityLookup", { numberOfKeys: 2, lua: LOOKUP_SCRIPT });
     this.redis.defineCommand("identityFill", { numberOfKeys: 4, lua: FILL_SCRIPT });
+    this.redis.defineCommand("identityPublish", { lua: PUBLISH_SCRIPT });
     this.scripted = this.redis as unknown as ScriptedRedis;
     this.redis.on("error", (error: Error) => {
       this.markUnavailable(error.message);
@@ -172,10 +209,10 @@ export class RedisCustomerCache implements CustomerCache {
       }
       const [digest, entry, generation] = result;
       if (entry !== "") {
-        const customer = JSON.parse(entry) as Customer;
-        if (customerHolds(customer, request)) {
+        const parsed = JSON.parse(entry) as Customer | { demoted: true };
+        if ("primaryContactId" in parsed && customerHolds(parsed, request)) {
           this.counters.hits++;
-          return { customer, ticket: null };
+          return { customer: parsed, ticket: null };
         }
         this.counters.misses++;
         return { customer: null, ticket: null };
@@ -207,6 +244,7 @@ export class RedisCustomerCache implements CustomerCache {
         this.options.ttlSeconds,
         digest,
         this.generationTtl,
+        versionOf(customer),
       );
       if (stored === 1) {
         this.counters.fills++;
@@ -232,21 +270,42 @@ export class RedisCustomerCache implements CustomerCache {
     }
   }
 
-  async invalidate(
-    changedPrimaryIds: readonly number[],
+  async publish(
+    customer: Customer,
+    demotedPrimaryIds: readonly number[],
     request: IdentifyRequest,
-    primaryId: number,
   ): Promise<void> {
-    for (const id of changedPrimaryIds) {
-      this.pending.add(id);
-    }
+    const primaryId = customer.primaryContactId;
+    const owed: [number, "drop" | "tombstone"][] = [
+      [primaryId, "drop"],
+      ...demotedPrimaryIds.map((id): [number, "tombstone"] => [id, "tombstone"]),
+    ];
     try {
-      await this.apply([...changedPrimaryIds], request, primaryId);
-      for (const id of changedPrimaryIds) {
-        this.pending.delete(id);
+      const digest = customerDigest(primaryId);
+      const [index1, index2] = this.indexKeys(request);
+      const keys = [this.key(digest), this.generationKey(digest), index1, index2];
+      for (const id of demotedPrimaryIds) {
+        const demoted = customerDigest(id);
+        keys.push(this.key(demoted), this.generationKey(demoted));
       }
-      this.counters.invalidations += changedPrimaryIds.length;
+      await this.scripted.identityPublish(
+        keys.length,
+        ...keys,
+        JSON.stringify(customer),
+        this.options.ttlSeconds,
+        digest,
+        this.generationTtl,
+        versionOf(customer),
+        randomUUID(),
+        TOMBSTONE,
+      );
+      this.counters.publications += owed.length;
     } catch (error) {
+      // Lookups of concurrent requests may still see the old entry (they overlap this write); from
+      // now on, until the debt is paid, this instance does not read the cache at all.
+      for (const [id, action] of owed) {
+        this.pending.set(id, action);
+      }
       this.failed(error);
       this.scheduleRetry();
     }
@@ -267,27 +326,22 @@ export class RedisCustomerCache implements CustomerCache {
     this.redis.disconnect();
   }
 
-  /** Invalidations still owed to Redis (for tests and readiness reports). */
+  /** Customers whose drop or tombstone is still owed to Redis (for tests and readiness). */
   pendingInvalidations(): number {
     return this.pending.size;
   }
 
-  private async apply(
-    primaryIds: readonly number[],
-    request: IdentifyRequest | null,
-    primaryId: number | null,
-  ): Promise<void> {
+  /** Drops or tombstones the owed customers, each with a new generation. */
+  private async settle(owed: readonly [number, "drop" | "tombstone"][]): Promise<void> {
     const transaction = this.redis.multi();
-    for (const id of primaryIds) {
+    for (const [id, action] of owed) {
       const digest = customerDigest(id);
       transaction.set(this.generationKey(digest), randomUUID(), "EX", this.generationTtl);
-      transaction.del(this.key(digest));
-    }
-    if (request !== null && primaryId !== null) {
-      const [index1, index2] = this.indexKeys(request);
-      const digest = customerDigest(primaryId);
-      transaction.set(index1, digest, "EX", this.options.ttlSeconds);
-      transaction.set(index2, digest, "EX", this.options.ttlSeconds);
+      if (action === "drop") {
+        transaction.del(this.key(digest));
+      } else {
+        transaction.set(this.key(digest), TOMBSTONE, "EX", this.options.ttlSeconds);
+      }
     }
     const results = await transaction.exec();
     const failure = results?.find(([error]) => error !== null)?.[0];
@@ -300,13 +354,15 @@ export class RedisCustomerCache implements CustomerCache {
     if (this.pending.size === 0) {
       return;
     }
-    const ids = [...this.pending];
+    const owed = [...this.pending];
     try {
-      await this.apply(ids, null, null);
-      for (const id of ids) {
-        this.pending.delete(id);
+      await this.settle(owed);
+      for (const [id, action] of owed) {
+        if (this.pending.get(id) === action) {
+          this.pending.delete(id);
+        }
       }
-      this.counters.invalidations += ids.length;
+      this.counters.publications += owed.length;
       this.markAvailable();
     } catch (error) {
       this.failed(error);
@@ -321,7 +377,7 @@ export class RedisCustomerCache implements CustomerCache {
     this.retryTimer = setTimeout(() => {
       this.retryTimer = null;
       void this.flushPending();
-    }, 250);
+    }, 100);
     this.retryTimer.unref();
   }
 

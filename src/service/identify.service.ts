@@ -2,7 +2,7 @@ import type { CustomerCache } from "../cache/customer-cache.js";
 import type { Customer, IdentifyRequest } from "../domain/contact.js";
 import { identifierKeys } from "../domain/contact.js";
 import { consolidate, matchedGroups, planIdentify } from "../domain/reconcile.js";
-import type { IdentifyOutcome, ReconcilePlan } from "../domain/reconcile.js";
+import type { IdentifyOutcome } from "../domain/reconcile.js";
 import { RetryTransactionError } from "./contact-store.js";
 import type { ContactStore } from "./contact-store.js";
 
@@ -17,7 +17,7 @@ export interface IdentifyServiceOptions {
   readonly clock?: () => number;
   /**
    * Test seam: awaited between the database read and the cache fill of a repeat request, so a
-   * test can let a writer commit and invalidate in that gap.
+   * test can let a writer commit and publish in that gap.
    */
   readonly beforeCacheFill?: () => Promise<void>;
   /** Told the outcome of every request that reached the database. */
@@ -27,26 +27,18 @@ export interface IdentifyServiceOptions {
 /** Rounds of "lock the customers seen, read again" before the transaction starts over. */
 const MAX_LOCK_ROUNDS = 6;
 
-/** The customers whose cached answers a plan makes obsolete. */
-function changedCustomers(plan: ReconcilePlan): number[] {
-  if (plan.winnerId === null || plan.outcome === "unchanged") {
-    return [];
-  }
-  return [plan.winnerId, ...plan.relinkGroups];
-}
-
 /**
  * Reconciles identify requests against the Contact table, one transaction each, with the cache
  * in front.
  *
  * A request whose email and phone are already in one cached customer is answered from the cache.
  * Otherwise one database read decides: a request that changes nothing is answered from it (and
- * fills the cache, if nothing invalidated that customer meanwhile). Anything else runs in a locked
+ * fills the cache, if no writer published that customer meanwhile). Anything else runs in a locked
  * transaction: the request's identifiers are locked first, so no concurrent request can add a row
  * with them; then the primaries of the customers they match are locked, and the customers are
  * read again until every customer seen is locked. From then on nobody else can change those
  * customers, so the plan is computed on a stable state. After COMMIT, and before answering, the
- * changed customers are invalidated in the cache.
+ * new state is published to the cache (merged-away primaries become tombstones).
  */
 export class IdentifyService {
   private readonly clock: () => number;
@@ -110,11 +102,10 @@ export class IdentifyService {
         return { customer: consolidate(primaryId, members), plan: plan };
       },
     );
-    const changed = changedCustomers(plan);
-    if (changed.length > 0) {
-      await this.cache.invalidate(changed, request, customer.primaryContactId);
-    } else {
+    if (plan.outcome === "unchanged") {
       await this.cache.hint(request, customer.primaryContactId);
+    } else {
+      await this.cache.publish(customer, plan.relinkGroups, request);
     }
     this.options.onOutcome?.(plan.outcome);
     return { customer, outcome: plan.outcome, cached: false };

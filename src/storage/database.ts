@@ -32,6 +32,8 @@ export interface DatabaseOptions {
   readonly poolSize: number;
   /** How long a statement may wait for a row or advisory lock before the attempt is retried. */
   readonly lockTimeoutMs: number;
+  /** SQLite only: FULL syncs the WAL at every COMMIT; NORMAL (default) at checkpoints. */
+  readonly sqliteSynchronous?: "full" | "normal";
   /** Told when the server drops an idle pooled connection (PostgreSQL); nothing is lost. */
   readonly onIdleConnectionError?: (error: Error) => void;
 }
@@ -101,11 +103,11 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Dialec
       }
       const database = new SqliteDatabase(target.path);
       database.pragma("journal_mode = WAL");
-      // FULL: a write is acknowledged only once its WAL frame is on disk.
-      database.pragma("synchronous = FULL");
+      // NORMAL (the default) syncs the WAL at checkpoints, not at every COMMIT: see README.
+      database.pragma(`synchronous = ${options.sqliteSynchronous ?? "normal"}`);
       database.pragma("foreign_keys = ON");
       database.pragma(`busy_timeout = ${options.lockTimeoutMs}`);
-      return new ImmediateSqliteDialect({ database });
+      return new ImmediateSqliteDialect({ database: withStatementCache(database) });
     }
     case "mysql":
       return new MysqlDialect({
@@ -142,6 +144,32 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Dialec
       return new PostgresDialect({ pool });
     }
   }
+}
+
+/**
+ * better-sqlite3 behind Kysely prepares every statement anew, which costs as much as running it.
+ * The service's statements have fixed text, so each is prepared once and reused.
+ */
+function withStatementCache(database: SqliteDatabase.Database): SqliteDialectConfig["database"] {
+  const statements = new Map<string, SqliteDatabase.Statement>();
+  return {
+    close: () => {
+      statements.clear();
+      database.close();
+    },
+    prepare: (text: string) => {
+      let statement = statements.get(text);
+      if (statement === undefined) {
+        statement = database.prepare(text);
+        // Bounded: ad-hoc statements (tests, tools) must not grow it without limit.
+        if (statements.size >= 256) {
+          statements.clear();
+        }
+        statements.set(text, statement);
+      }
+      return statement;
+    },
+  };
 }
 
 /**

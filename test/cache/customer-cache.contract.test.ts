@@ -130,32 +130,65 @@ for (const adapter of adapters) {
       );
     });
 
-    it("drops an entry on invalidate and changes its generation", async () => {
+    it("lets a writer's publication replace an older entry, and never the reverse", async () => {
       const cache = await open();
       const { request, customer } = fresh();
       await cache.hint(request, customer.primaryContactId);
       const first = await cache.lookup(request);
       assert.ok(first.ticket);
       await cache.fill(first.ticket, customer, request);
-      await cache.invalidate([customer.primaryContactId], request, customer.primaryContactId);
-      const after = await cache.lookup(request);
-      assert.equal(after.customer, null);
-      assert.ok(after.ticket);
-      assert.notEqual(after.ticket.generation, first.ticket.generation);
+      const grown: Customer = {
+        ...customer,
+        phoneNumbers: [...customer.phoneNumbers, "+19990001"],
+        secondaryContactIds: [customer.primaryContactId + 1],
+      };
+      await cache.publish(grown, [], { email: request.email, phoneNumber: "+19990001" });
+      assert.deepEqual((await cache.lookup(request)).customer, grown);
+      // A writer whose publication arrives late, with the older state, changes nothing.
+      await cache.publish(customer, [], request);
+      assert.deepEqual((await cache.lookup(request)).customer, grown);
+      assert.deepEqual(
+        (await cache.lookup({ email: null, phoneNumber: "+19990001" })).customer,
+        grown,
+      );
     });
 
-    it("refuses a fill whose ticket was taken before an invalidation (the fill-after-invalidate race)", async () => {
+    it("refuses a fill whose ticket was taken before a publication (the fill-after-invalidate race)", async () => {
       const cache = await open();
       const { request, customer } = fresh();
       await cache.hint(request, customer.primaryContactId);
       const { ticket } = await cache.lookup(request);
       assert.ok(ticket);
-      // A writer commits and invalidates between this reader's database read and its fill.
-      await cache.invalidate([customer.primaryContactId], request, customer.primaryContactId);
+      // A writer commits and publishes between this reader's database read and its fill...
+      const grown: Customer = {
+        ...customer,
+        emails: [...customer.emails, "new@hillvalley.edu"],
+        secondaryContactIds: [1],
+      };
+      await cache.publish(grown, [], request);
+      // ...and the reader's older state is refused.
       await cache.fill(ticket, customer, request);
-      assert.equal((await cache.lookup(request)).customer, null);
+      assert.deepEqual((await cache.lookup(request)).customer, grown);
       assert.equal(cache.stats().staleFillsRefused, 1);
       assert.equal(cache.stats().fills, 0);
+    });
+
+    it("refuses a fill taken before a publication even once the published entry is gone", async () => {
+      const cache = await open();
+      const { request, customer } = fresh();
+      await cache.hint(request, customer.primaryContactId);
+      const { ticket } = await cache.lookup(request);
+      assert.ok(ticket);
+      const other = fresh();
+      // A merge demotes this customer: its entry becomes a tombstone, never to be filled again.
+      await cache.publish(other.customer, [customer.primaryContactId], other.request);
+      await cache.fill(ticket, customer, request);
+      assert.deepEqual(await cache.lookup(request), { customer: null, ticket: null });
+      await cache.publish(customer, [], request);
+      assert.equal(
+        (await cache.lookup({ email: request.email, phoneNumber: null })).customer,
+        null,
+      );
     });
 
     it("refuses a fill for another customer than the ticket's", async () => {
@@ -231,11 +264,11 @@ if (redisUrl !== null) {
         const { request, customer } = fresh();
         const started = Date.now();
         assert.deepEqual(await cache.lookup(request), { customer: null, ticket: null });
-        await cache.invalidate([customer.primaryContactId], request, customer.primaryContactId);
+        await cache.publish(customer, [7], request);
         await cache.hint(request, customer.primaryContactId);
         assert.ok(Date.now() - started < 1000);
         assert.ok(cache.stats().errors >= 2);
-        assert.equal(cache.pendingInvalidations(), 1);
+        assert.equal(cache.pendingInvalidations(), 2);
       } finally {
         await cache.close();
       }

@@ -45,10 +45,10 @@ for (const dialect of dialectsUnderTest()) {
     before(async () => {
       test = await createTestDatabase(dialect);
       database = await openMigrated(test);
-      servers = await Promise.all([
-        startServer({ DATABASE_URL: test.url }),
-        startServer({ DATABASE_URL: test.url }),
-      ]);
+      // The database alone is under test here: an in-process cache is per process, so two
+      // processes without Redis run with CACHE=off (see README); cache-staleness.test.ts covers Redis.
+      const env = { DATABASE_URL: test.url, CACHE: "off" };
+      servers = await Promise.all([startServer(env), startServer(env)]);
     });
 
     after(async () => {

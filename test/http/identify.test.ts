@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { NoCache } from "../../src/cache/customer-cache.js";
 import type { Database } from "../../src/storage/database.js";
 import { startApp } from "../support/app.js";
 import type { RunningApp } from "../support/app.js";
@@ -146,6 +147,13 @@ for (const dialect of dialectsUnderTest()) {
     });
 
     it("treats soft-deleted rows as invisible", async () => {
+      // Rows are soft-deleted behind the service's back here, so no cache may remember them.
+      const uncached = await startApp(database, { cache: new NoCache() });
+      const identify = async (body: unknown) => {
+        const response = await postIdentify(uncached.url, body);
+        assert.equal(response.status, 200, JSON.stringify(response.body));
+        return response.body;
+      };
       const first = (await identify({ email: "ghost@hillvalley.edu", phoneNumber: "4040404" })) as {
         primaryContactId: number;
       };
@@ -164,6 +172,7 @@ for (const dialect of dialectsUnderTest()) {
         phoneNumbers: ["4040404"],
         secondaryContactIds: [],
       });
+      await uncached.close();
     });
   });
 }

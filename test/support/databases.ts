@@ -44,8 +44,14 @@ function withDatabase(url: string, name: string): string {
   return parsed.toString();
 }
 
-/** Creates a new empty database of `dialect`. */
-export async function createTestDatabase(dialect: DialectName): Promise<TestDatabase> {
+/**
+ * Creates a new empty database of `dialect`, through the server at `adminUrl` (by default
+ * TEST_MYSQL_URL or TEST_POSTGRES_URL).
+ */
+export async function createTestDatabase(
+  dialect: DialectName,
+  adminUrl?: string,
+): Promise<TestDatabase> {
   const name = uniqueName();
   switch (dialect) {
     case "sqlite": {
@@ -62,7 +68,7 @@ export async function createTestDatabase(dialect: DialectName): Promise<TestData
       };
     }
     case "mysql": {
-      const admin = process.env.TEST_MYSQL_URL ?? "";
+      const admin = adminUrl ?? process.env.TEST_MYSQL_URL ?? "";
       const connection = await createConnection(admin);
       await connection.query(`create database \`${name}\``);
       await connection.end();
@@ -79,7 +85,7 @@ export async function createTestDatabase(dialect: DialectName): Promise<TestData
       };
     }
     case "postgres": {
-      const admin = process.env.TEST_POSTGRES_URL ?? "";
+      const admin = adminUrl ?? process.env.TEST_POSTGRES_URL ?? "";
       const client = new pg.Client({ connectionString: admin });
       await client.connect();
       await client.query(`create database "${name}"`);

@@ -1,0 +1,392 @@
+/**
+ * `npm run bench`: starts the server for each configuration, seeds a population, drives
+ * POST /identify with autocannon (32 connections, the issue's mix) and measures the framework's
+ * ceiling in the same run. Prints a table and writes JSON to benchmarks/results/.
+ *
+ * Options: --customers N (10000), --duration S (10), --connections N (32), --bulk (load rows
+ * directly instead of through the API), --configs a,b (sqlite, mysql, postgres, mysql-nocache,
+ * postgres-nocache, sqlite-nocache), --workers N (server processes), --out FILE.
+ * Servers: BENCH_MYSQL_URL, BENCH_POSTGRES_URL, BENCH_REDIS_URL (defaults: this machine's).
+ */
+import { spawn } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
+import { once } from "node:events";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { Agent, request } from "node:http";
+import { cpus, totalmem } from "node:os";
+import { createInterface } from "node:readline";
+import { parseArgs } from "node:util";
+import autocannon from "autocannon";
+import { Redis } from "ioredis";
+import { sql } from "kysely";
+import { openDatabase } from "../src/storage/database.js";
+import type { DialectName } from "../src/storage/database.js";
+import { migrateToLatest } from "../src/storage/migrate.js";
+import { createTestDatabase } from "../test/support/databases.js";
+import type { TestDatabase } from "../test/support/databases.js";
+import { Workload } from "./workload.js";
+import type { Body } from "./workload.js";
+
+const { values: args } = parseArgs({
+  options: {
+    customers: { type: "string", default: "10000" },
+    duration: { type: "string", default: "10" },
+    connections: { type: "string", default: "32" },
+    configs: { type: "string", default: "sqlite,mysql,postgres,mysql-nocache,postgres-nocache" },
+    bulk: { type: "boolean", default: false },
+    workers: { type: "string", default: "1" },
+    out: { type: "string" },
+  },
+});
+
+const MYSQL = process.env.BENCH_MYSQL_URL ?? "mysql://root@127.0.0.1:3306/test";
+const POSTGRES = process.env.BENCH_POSTGRES_URL ?? "postgres://root@127.0.0.1:5432/test";
+const REDIS = process.env.BENCH_REDIS_URL ?? "redis://127.0.0.1:6379";
+const ROOT = new URL("../", import.meta.url).pathname;
+const CUSTOMERS = Number(args.customers);
+const DURATION = Number(args.duration);
+const CONNECTIONS = Number(args.connections);
+
+interface ConfigSpec {
+  readonly name: string;
+  readonly dialect: DialectName | null;
+  readonly cache: "memory" | "redis" | "off" | null;
+}
+
+const SPECS: Record<string, ConfigSpec> = {
+  sqlite: { name: "SQLite, in-process cache", dialect: "sqlite", cache: "memory" },
+  "sqlite-nocache": { name: "SQLite, cache off", dialect: "sqlite", cache: "off" },
+  mysql: { name: "MariaDB + Redis", dialect: "mysql", cache: "redis" },
+  "mysql-nocache": { name: "MariaDB, cache off", dialect: "mysql", cache: "off" },
+  postgres: { name: "PostgreSQL + Redis", dialect: "postgres", cache: "redis" },
+  "postgres-nocache": { name: "PostgreSQL, cache off", dialect: "postgres", cache: "off" },
+};
+
+interface Result {
+  config: string;
+  requestsPerSecond: number;
+  latencyMs: { p50: number; p99: number; max: number };
+  errors: number;
+  non2xx: number;
+  maxRssMb: number;
+  storedContacts: number | null;
+  ratioToCeiling?: number;
+}
+
+function log(line: string): void {
+  process.stderr.write(`bench: ${line}\n`);
+}
+
+interface Server {
+  url: string;
+  child: ChildProcess;
+  stop(): Promise<void>;
+}
+
+async function startProcess(args: string[], env: Record<string, string>): Promise<Server> {
+  const child = spawn(process.execPath, args, {
+    cwd: ROOT,
+    env: { ...process.env, PORT: "0", LOG_LEVEL: "info", ...env },
+    stdio: ["ignore", "pipe", "inherit"],
+  });
+  const url = await new Promise<string>((resolve, reject) => {
+    createInterface({ input: child.stdout }).on("line", (line) => {
+      const match = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(line);
+      if (match?.[1] !== undefined) {
+        resolve(match[1]);
+      }
+    });
+    child.once("exit", (code) => {
+      reject(new Error(`server exited with ${code}`));
+    });
+  });
+  child.stdout.resume();
+  return {
+    url,
+    child,
+    stop: async () => {
+      if (child.exitCode === null) {
+        child.kill("SIGTERM");
+        await once(child, "exit");
+      }
+    },
+  };
+}
+
+/** Resident memory of a process and its children (the workers), in MB. */
+function rssMb(pid: number): number {
+  let total = 0;
+  const visit = (p: number) => {
+    try {
+      const status = readFileSync(`/proc/${p}/status`, "utf8");
+      total += Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024;
+      const children = readFileSync(`/proc/${p}/task/${p}/children`, "utf8").trim();
+      for (const child of children.split(/\s+/).filter(Boolean)) {
+        visit(Number(child));
+      }
+    } catch {
+      // the process is gone
+    }
+  };
+  visit(pid);
+  return total;
+}
+
+const agent = new Agent({ keepAlive: true, maxSockets: CONNECTIONS });
+
+function post(url: string, body: Body): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const req = request(`${url}/identify`, {
+      method: "POST",
+      agent,
+      headers: { "content-type": "application/json" },
+    });
+    req.on("response", (res) => {
+      res.resume();
+      res.on("end", () => {
+        resolve(res.statusCode ?? 0);
+      });
+    });
+    req.on("error", reject);
+    req.end(JSON.stringify(body));
+  });
+}
+
+async function seedThroughApi(url: string, plans: Body[][]): Promise<void> {
+  let next = 0;
+  let failed = 0;
+  const worker = async () => {
+    while (next < plans.length) {
+      const plan = plans[next++] ?? [];
+      for (const body of plan) {
+        if ((await post(url, body)) !== 200) {
+          failed++;
+        }
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: CONNECTIONS }, worker));
+  if (failed > 0) {
+    throw new Error(`${failed} seeding requests failed`);
+  }
+}
+
+async function bulkLoad(test: TestDatabase, workload: Workload): Promise<void> {
+  const database = openDatabase(test.target, { poolSize: 2, lockTimeoutMs: 10000 });
+  await migrateToLatest(database);
+  const base = Date.UTC(2024, 0, 1);
+  const time = (ms: number) =>
+    test.dialect === "sqlite" ? new Date(ms).toISOString() : new Date(ms);
+  let id = 0;
+  let batch: {
+    id: number;
+    email: string | null;
+    phoneNumber: string | null;
+    linkedId: number | null;
+    linkPrecedence: "primary" | "secondary";
+    createdAt: Date | string;
+    updatedAt: Date | string;
+  }[] = [];
+  const flush = async () => {
+    if (batch.length > 0) {
+      await database.db.insertInto("Contact").values(batch).execute();
+      batch = [];
+    }
+  };
+  for (const person of workload.customers()) {
+    const primary = ++id;
+    const [email, ...emails] = person.emails;
+    const [phone, ...phones] = person.phones;
+    const row = (e: string | undefined, p: string | undefined, linked: number | null) => {
+      const rowId = linked === null ? primary : ++id;
+      batch.push({
+        id: rowId,
+        email: e ?? null,
+        phoneNumber: p ?? null,
+        linkedId: linked,
+        linkPrecedence: linked === null ? "primary" : "secondary",
+        createdAt: time(base + rowId),
+        updatedAt: time(base + rowId),
+      });
+    };
+    row(email, phone, null);
+    for (const e of emails) {
+      row(e, phone, primary);
+    }
+    for (const p of phones) {
+      row(email, p, primary);
+    }
+    if (batch.length >= 900) {
+      await flush();
+    }
+  }
+  await flush();
+  if (test.dialect === "postgres") {
+    await sql`select setval(pg_get_serial_sequence('"Contact"', 'id'), (select max(id) from "Contact"))`.execute(
+      database.db,
+    );
+  }
+  await database.destroy();
+}
+
+async function countContacts(test: TestDatabase): Promise<number> {
+  const database = openDatabase(test.target, { poolSize: 1, lockTimeoutMs: 10000 });
+  const row = await database.db
+    .selectFrom("Contact")
+    .select((eb) => eb.fn.countAll<number | string>().as("n"))
+    .executeTakeFirstOrThrow();
+  await database.destroy();
+  return Number(row.n);
+}
+
+async function load(url: string, workload: Workload, seconds: number, pid: number | null) {
+  let maxRss = 0;
+  const sampler =
+    pid === null
+      ? null
+      : setInterval(() => {
+          maxRss = Math.max(maxRss, rssMb(pid));
+        }, 200);
+  const result = await autocannon({
+    url: `${url}/identify`,
+    connections: CONNECTIONS,
+    duration: seconds,
+    requests: [
+      {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        setupRequest: (req) => ({ ...req, body: JSON.stringify(workload.next()) }),
+      },
+    ],
+  });
+  if (sampler !== null) {
+    clearInterval(sampler);
+  }
+  return {
+    requestsPerSecond: Math.round(result.requests.average),
+    latencyMs: { p50: result.latency.p50, p99: result.latency.p99, max: result.latency.max },
+    errors: result.errors + result.timeouts,
+    non2xx: result.non2xx,
+    maxRssMb: Math.round(maxRss),
+  };
+}
+
+async function runConfig(key: string, spec: ConfigSpec): Promise<Result | null> {
+  if (spec.dialect === null) {
+    return null;
+  }
+  const admin =
+    spec.dialect === "mysql" ? MYSQL : spec.dialect === "postgres" ? POSTGRES : undefined;
+  let test: TestDatabase;
+  try {
+    test = await createTestDatabase(spec.dialect, admin);
+  } catch (error) {
+    log(`${key}: skipped, ${error instanceof Error ? error.message : String(error)}`);
+    return null;
+  }
+  const prefix = `bench:${Date.now()}:`;
+  const workload = new Workload(`${key}${Date.now()}`, 42);
+  const env: Record<string, string> = {
+    DATABASE_URL: test.url,
+    CACHE: spec.cache === "off" ? "off" : "on",
+    CACHE_PREFIX: prefix,
+    WORKERS: args.workers,
+  };
+  if (spec.cache === "redis") {
+    env.REDIS_URL = REDIS;
+  }
+  let server: Server | null = null;
+  try {
+    if (args.bulk) {
+      workload.populate(CUSTOMERS);
+      log(`${key}: bulk-loading ${CUSTOMERS} customers`);
+      await bulkLoad(test, workload);
+    }
+    const profile = process.env.BENCH_CPU_PROF;
+    server = await startProcess(
+      profile
+        ? ["--cpu-prof", `--cpu-prof-dir=${profile}`, "dist/src/server.js"]
+        : ["dist/src/server.js"],
+      env,
+    );
+    if (!args.bulk) {
+      log(`${key}: seeding ${CUSTOMERS} customers through the API`);
+      await seedThroughApi(server.url, workload.populate(CUSTOMERS));
+    }
+    log(`${key}: warming up`);
+    await load(server.url, workload, 3, null);
+    log(`${key}: measuring for ${DURATION}s`);
+    const measured = await load(server.url, workload, DURATION, server.child.pid ?? null);
+    await server.stop();
+    server = null;
+    return { config: spec.name, ...measured, storedContacts: await countContacts(test) };
+  } finally {
+    await server?.stop();
+    await test.drop();
+    if (spec.cache === "redis") {
+      const redis = new Redis(REDIS);
+      const keys = await redis.keys(`${prefix}*`);
+      for (let i = 0; i < keys.length; i += 1000) {
+        await redis.del(...keys.slice(i, i + 1000));
+      }
+      redis.disconnect();
+    }
+  }
+}
+
+async function main(): Promise<void> {
+  const results: Result[] = [];
+  log("ceiling: bare Fastify route, same body validation, constant answer");
+  const ceilingServer = await startProcess(["--import", "tsx", "benchmarks/ceiling-server.ts"], {});
+  const ceilingWorkload = new Workload("ceiling", 42);
+  ceilingWorkload.populate(1000);
+  await load(ceilingServer.url, ceilingWorkload, 3, null);
+  const ceiling = await load(
+    ceilingServer.url,
+    ceilingWorkload,
+    DURATION,
+    ceilingServer.child.pid ?? null,
+  );
+  await ceilingServer.stop();
+  results.push({
+    config: "ceiling (Fastify, constant answer)",
+    ...ceiling,
+    storedContacts: null,
+    ratioToCeiling: 1,
+  });
+
+  for (const key of args.configs.split(",").filter(Boolean)) {
+    const spec = SPECS[key];
+    if (spec === undefined) {
+      throw new Error(`unknown configuration ${key}; known: ${Object.keys(SPECS).join(", ")}`);
+    }
+    const result = await runConfig(key, spec);
+    if (result !== null) {
+      result.ratioToCeiling =
+        Math.round((result.requestsPerSecond / ceiling.requestsPerSecond) * 100) / 100;
+      results.push(result);
+    }
+  }
+
+  const machine = `${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}`;
+  const header = `customers ${CUSTOMERS}${args.bulk ? " (bulk-loaded)" : ""}, ${CONNECTIONS} connections, ${DURATION}s, workers ${args.workers}; ${machine}`;
+  const lines = [
+    header,
+    "",
+    "| configuration | req/s | × ceiling | p50 ms | p99 ms | max ms | errors | non-2xx | RSS MB | contacts |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ...results.map(
+      (r) =>
+        `| ${r.config} | ${r.requestsPerSecond} | ${r.ratioToCeiling?.toFixed(2) ?? ""} | ${r.latencyMs.p50} | ${r.latencyMs.p99} | ${r.latencyMs.max} | ${r.errors} | ${r.non2xx} | ${r.maxRssMb} | ${r.storedContacts ?? ""} |`,
+    ),
+  ];
+  process.stdout.write(`${lines.join("\n")}\n`);
+  const out =
+    args.out ?? `benchmarks/results/${new Date().toISOString().replace(/[:.]/g, "-")}.json`;
+  mkdirSync(new URL("results/", import.meta.url).pathname, { recursive: true });
+  writeFileSync(out, `${JSON.stringify({ header, machine, results }, null, 2)}\n`);
+  log(`wrote ${out}`);
+  agent.destroy();
+}
+
+await main();

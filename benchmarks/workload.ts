@@ -1,0 +1,125 @@
+/** The benchmark's population and request mix, generated client-side from a seed. */
+
+export interface Body {
+  email?: string;
+  phoneNumber?: string;
+}
+
+interface Person {
+  emails: string[];
+  phones: string[];
+}
+
+/** The mix of the issue: 85% repeats, 10% new information, 4% new customers, 1% bridges. */
+export const MIX = { repeat: 0.85, newInfo: 0.1, newCustomer: 0.04, bridge: 0.01 } as const;
+
+export function seededRandom(seed: number): () => number {
+  let state = seed >>> 0;
+  return () => {
+    state = (state + 0x6d2b79f5) >>> 0;
+    let t = state;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+export class Workload {
+  private readonly people: Person[] = [];
+  private readonly random: () => number;
+  private fresh = 0;
+
+  constructor(
+    private readonly tag: string,
+    seed: number,
+  ) {
+    this.random = seededRandom(seed);
+  }
+
+  private pick<T>(items: readonly T[]): T {
+    const item = items[Math.floor(this.random() * items.length)];
+    if (item === undefined) {
+      throw new Error("empty list");
+    }
+    return item;
+  }
+
+  private newEmail(): string {
+    return `c${++this.fresh}@${this.tag}.test`;
+  }
+
+  private newPhone(): string {
+    return `+1${String(2_000_000_000 + ++this.fresh)}`;
+  }
+
+  /**
+   * Adds `count` customers with 1–3 emails and 1–2 phones each; returns, per customer, the
+   * requests that create it through the API, in order.
+   */
+  populate(count: number): Body[][] {
+    const plans: Body[][] = [];
+    for (let i = 0; i < count; i++) {
+      const person: Person = {
+        emails: Array.from({ length: 1 + Math.floor(this.random() * 3) }, () => this.newEmail()),
+        phones: Array.from({ length: 1 + Math.floor(this.random() * 2) }, () => this.newPhone()),
+      };
+      this.people.push(person);
+      const [email, ...emails] = person.emails;
+      const [phone, ...phones] = person.phones;
+      plans.push([
+        { email, phoneNumber: phone },
+        ...emails.map((e) => ({ email: e, phoneNumber: phone })),
+        ...phones.map((p) => ({ email, phoneNumber: p })),
+      ]);
+    }
+    return plans;
+  }
+
+  /** The customers as rows to bulk-load: per customer, its [email, phone] pairs, primary first. */
+  customers(): readonly Person[] {
+    return this.people;
+  }
+
+  /** The next request of the mix. */
+  next(): Body {
+    const roll = this.random();
+    if (roll < MIX.repeat) {
+      const person = this.pick(this.people);
+      const shape = this.random();
+      if (shape < 0.6) {
+        return { email: this.pick(person.emails), phoneNumber: this.pick(person.phones) };
+      }
+      return shape < 0.8
+        ? { email: this.pick(person.emails) }
+        : { phoneNumber: this.pick(person.phones) };
+    }
+    if (roll < MIX.repeat + MIX.newInfo) {
+      const person = this.pick(this.people);
+      if (this.random() < 0.5) {
+        const phoneNumber = this.newPhone();
+        const email = this.pick(person.emails);
+        person.phones.push(phoneNumber);
+        return { email, phoneNumber };
+      }
+      const email = this.newEmail();
+      const phoneNumber = this.pick(person.phones);
+      person.emails.push(email);
+      return { email, phoneNumber };
+    }
+    if (roll < MIX.repeat + MIX.newInfo + MIX.newCustomer) {
+      const person = { emails: [this.newEmail()], phones: [this.newPhone()] };
+      this.people.push(person);
+      return { email: person.emails[0], phoneNumber: person.phones[0] };
+    }
+    const a = this.pick(this.people);
+    const b = this.pick(this.people);
+    const body = { email: this.pick(a.emails), phoneNumber: this.pick(b.phones) };
+    if (a !== b) {
+      a.emails.push(...b.emails);
+      a.phones.push(...b.phones);
+      b.emails = a.emails;
+      b.phones = a.phones;
+    }
+    return body;
+  }
+}
