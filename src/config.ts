@@ -1,3 +1,4 @@
+import { availableParallelism } from "node:os";
 import { parseDatabaseUrl } from "./storage/database.js";
 import type { DatabaseTarget } from "./storage/database.js";
 import type { ErrorMessages } from "./http/errors.js";
@@ -19,6 +20,8 @@ export interface Config {
   readonly cachePrefix: string;
   readonly cacheMaxEntries: number;
   readonly cacheTimeoutMs: number;
+  readonly workers: number;
+  readonly shutdownTimeoutMs: number;
 }
 
 /** One configuration variable: its default and how to read it (throwing a message when bad). */
@@ -185,6 +188,22 @@ export const VARIABLES = [
     meaning: "A Redis command slower than this is abandoned and the database answers instead.",
     parse: integer(1, 10_000),
   }),
+  variable({
+    name: "WORKERS",
+    key: "workers",
+    default: "",
+    meaning:
+      "Server processes sharing the port: a number, or unset for 1 (the number of CPUs when NODE_ENV=production).",
+    parse: (value) => (value === "" ? 1 : integer(1, 256)(value)),
+  }),
+  variable({
+    name: "SHUTDOWN_TIMEOUT_MS",
+    key: "shutdownTimeoutMs",
+    default: "10000",
+    meaning:
+      "On SIGTERM/SIGINT, how long in-flight requests may take before the process exits anyway (code 1).",
+    parse: integer(0, 600_000),
+  }),
 ] as const;
 
 /** Bad configuration: every bad variable, each on a line that names it. */
@@ -215,6 +234,9 @@ export function loadConfig(env: Readonly<Record<string, string | undefined>>): C
   }
   if (problems.length > 0) {
     throw new ConfigError(problems);
+  }
+  if ((env.WORKERS ?? "") === "" && env.NODE_ENV === "production") {
+    values.workers = availableParallelism();
   }
   return values as unknown as Config;
 }

@@ -7,15 +7,35 @@ import { IdentifyService } from "./service/identify.service.js";
 import { SqlContactStore } from "./storage/contact.store.js";
 import { openDatabase } from "./storage/database.js";
 import type { Database } from "./storage/database.js";
-import { migrateToLatest } from "./storage/migrate.js";
+import { migrateToLatest, pendingMigrations } from "./storage/migrate.js";
 import type { FastifyBaseLogger } from "fastify";
+import type { Readiness } from "./http/health.route.js";
+import { createMetrics } from "./observability/metrics.js";
+import type { Metrics } from "./observability/metrics.js";
 
 /** Everything the app needs, built from the configuration; the only place adapters are chosen. */
 export interface Deps {
   readonly database: Database;
   readonly identify: IdentifyService;
   readonly cache: CustomerCache;
+  readonly metrics: Metrics;
+  readiness(): Promise<Readiness>;
   close(): Promise<void>;
+}
+
+/** Readiness: the database answers and has every migration; the cache is only reported. */
+export function readinessOf(database: Database, cache: CustomerCache): () => Promise<Readiness> {
+  return async () => {
+    const cacheState = { kind: cache.kind, available: cache.available() };
+    try {
+      const pending = await pendingMigrations(database);
+      return pending.length === 0
+        ? { ready: true, database: "ok", cache: cacheState }
+        : { ready: false, database: "migrations pending", cache: cacheState };
+    } catch {
+      return { ready: false, database: "unreachable", cache: cacheState };
+    }
+  };
 }
 
 /** Picks the cache adapter: Redis when REDIS_URL is set, else in-process; none with CACHE=off. */
@@ -24,6 +44,12 @@ export function createCache(config: Config, logger: FastifyBaseLogger): Customer
     return new NoCache();
   }
   if (config.redisUrl === null) {
+    if (config.workers > 1) {
+      logger.warn(
+        "WORKERS > 1 without REDIS_URL: the in-process cache would not be shared, so it is off",
+      );
+      return new NoCache();
+    }
     return new MemoryCustomerCache({
       ttlSeconds: config.cacheTtlSeconds,
       maxEntries: config.cacheMaxEntries,
@@ -78,12 +104,14 @@ export async function createDeps(config: Config, logger: FastifyBaseLogger): Pro
       cause: error,
     });
   }
+  const cache = createCache(config, logger);
+  const metrics = createMetrics({ cache: () => cache.stats(), pool: () => database.poolStats() });
   const store = new SqlContactStore(database, undefined, {
     onRetry: (attempt, cause) => {
+      metrics.transactionRetried();
       logger.debug({ attempt, reason: rootMessage(cause) }, "transaction retried");
     },
   });
-  const cache = createCache(config, logger);
   if (cache instanceof RedisCustomerCache && !(await cache.waitUntilReady(2000))) {
     logger.warn("Redis is not reachable yet: answering from the database until it is");
   }
@@ -91,6 +119,8 @@ export async function createDeps(config: Config, logger: FastifyBaseLogger): Pro
   return {
     database,
     cache,
+    metrics,
+    readiness: readinessOf(database, cache),
     identify: new IdentifyService(store, cache),
     close: async () => {
       await cache.close();
@@ -99,7 +129,8 @@ export async function createDeps(config: Config, logger: FastifyBaseLogger): Pro
   };
 }
 
-function rootMessage(error: unknown): string {
+/** The innermost cause of an error as one line (driver code first, when it has one). */
+export function rootMessage(error: unknown): string {
   let current: unknown = error;
   while (current instanceof Error && current.cause !== undefined) {
     current = current.cause;

@@ -1,10 +1,206 @@
+import cluster from "node:cluster";
+import type { Worker } from "node:cluster";
+import { randomUUID } from "node:crypto";
 import { pino } from "pino";
+import type { Logger } from "pino";
+import { AggregatorRegistry } from "prom-client";
 import { ConfigError, loadConfig } from "./config.js";
-import { createDeps } from "./deps.js";
+import type { Config } from "./config.js";
+import { createDeps, rootMessage } from "./deps.js";
 import { buildApp } from "./http/app.js";
+import { openDatabase } from "./storage/database.js";
+import { migrateToLatest } from "./storage/migrate.js";
+
+const METRICS_REQUEST = "identity:metrics-request";
+const METRICS_RESPONSE = "identity:metrics-response";
+
+interface MetricsMessage {
+  readonly type: string;
+  readonly id: string;
+  readonly contentType?: string;
+  readonly body?: string;
+  readonly error?: string;
+}
+
+function isMetricsMessage(message: unknown): message is MetricsMessage {
+  return typeof message === "object" && message !== null && "type" in message && "id" in message;
+}
+
+/** In a worker: /metrics asks the primary, which aggregates every worker's registry. */
+function scrapeThroughPrimary(): Promise<{ contentType: string; body: string }> {
+  return new Promise((resolve, reject) => {
+    const id = randomUUID();
+    const timer = setTimeout(() => {
+      process.off("message", onMessage);
+      reject(new Error("the primary did not answer the metrics request"));
+    }, 5000);
+    const onMessage = (message: unknown) => {
+      if (isMetricsMessage(message) && message.type === METRICS_RESPONSE && message.id === id) {
+        clearTimeout(timer);
+        process.off("message", onMessage);
+        if (message.error !== undefined) {
+          reject(new Error(message.error));
+        } else {
+          resolve({ contentType: message.contentType ?? "text/plain", body: message.body ?? "" });
+        }
+      }
+    };
+    process.on("message", onMessage);
+    process.send?.({ type: METRICS_REQUEST, id });
+  });
+}
+
+/** One server process: the app on the port, stopped gracefully on SIGTERM or SIGINT. */
+async function runServer(config: Config, logger: Logger): Promise<void> {
+  const deps = await createDeps(config, logger);
+  let scrapeMetrics: (() => Promise<{ contentType: string; body: string }>) | undefined;
+  if (cluster.isWorker) {
+    // Answers the primary's aggregation requests with this worker's registry.
+    AggregatorRegistry.setRegistries([deps.metrics.registry]);
+    new AggregatorRegistry();
+    scrapeMetrics = scrapeThroughPrimary;
+  }
+  const app = buildApp({
+    identify: deps.identify,
+    logger,
+    errorMessages: config.errorMessages,
+    metrics: deps.metrics,
+    readiness: () => deps.readiness(),
+    ...(scrapeMetrics === undefined ? {} : { scrapeMetrics }),
+  });
+  app.addHook("onClose", () => deps.close());
+
+  if (config.errorMessages === "transparent") {
+    logger.warn(
+      "ERROR_MESSAGES=transparent: error answers show their real reason; never in production",
+    );
+  }
+  let closing = false;
+  const shutdown = (signal: string) => {
+    if (closing) {
+      return;
+    }
+    closing = true;
+    logger.info({ signal }, "shutting down: finishing in-flight requests");
+    const timer = setTimeout(() => {
+      logger.error({ timeoutMs: config.shutdownTimeoutMs }, "shutdown timed out; exiting");
+      process.exit(1);
+    }, config.shutdownTimeoutMs);
+    timer.unref();
+    app.close().then(
+      () => {
+        logger.info("shut down");
+        process.exit(0);
+      },
+      (error: unknown) => {
+        logger.error({ err: error }, "shutdown failed");
+        process.exit(1);
+      },
+    );
+  };
+  process.on("SIGTERM", () => {
+    shutdown("SIGTERM");
+  });
+  process.on("SIGINT", () => {
+    shutdown("SIGINT");
+  });
+  await app.listen({ host: config.host, port: config.port });
+}
+
+/**
+ * WORKERS > 1: this process migrates once, forks the workers (which share the port), restarts a
+ * worker that dies, aggregates their metrics, and on SIGTERM/SIGINT stops them all gracefully.
+ */
+async function runPrimary(config: Config, logger: Logger): Promise<void> {
+  const database = openDatabase(config.database, {
+    poolSize: 1,
+    lockTimeoutMs: config.databaseLockTimeoutMs,
+    sqliteSynchronous: config.sqliteSynchronous,
+  });
+  try {
+    await migrateToLatest(database);
+  } catch (error) {
+    throw new Error(`DATABASE_URL: cannot use ${database.description}: ${rootMessage(error)}`, {
+      cause: error,
+    });
+  } finally {
+    await database.destroy();
+  }
+
+  const aggregator = new AggregatorRegistry();
+  let stopping = false;
+  const fork = (): Worker => {
+    const worker = cluster.fork();
+    worker.on("message", (message: unknown) => {
+      if (!isMetricsMessage(message) || message.type !== METRICS_REQUEST) {
+        return;
+      }
+      aggregator.clusterMetrics().then(
+        (body) => {
+          worker.send({
+            type: METRICS_RESPONSE,
+            id: message.id,
+            contentType: aggregator.contentType,
+            body,
+          });
+        },
+        (error: unknown) => {
+          worker.send({ type: METRICS_RESPONSE, id: message.id, error: rootMessage(error) });
+        },
+      );
+    });
+    return worker;
+  };
+  cluster.on("exit", (worker, code, signal) => {
+    if (!stopping) {
+      logger.error({ pid: worker.process.pid, code, signal }, "worker died; starting another");
+      fork();
+    }
+  });
+  for (let i = 0; i < config.workers; i++) {
+    fork();
+  }
+  logger.info({ workers: config.workers }, "primary started");
+
+  const stop = (signal: string) => {
+    if (stopping) {
+      return;
+    }
+    stopping = true;
+    logger.info({ signal }, "stopping workers");
+    const workers = Object.values(cluster.workers ?? {}).filter(
+      (w): w is Worker => w !== undefined,
+    );
+    let failed = false;
+    let remaining = workers.length;
+    if (remaining === 0) {
+      process.exit(0);
+    }
+    for (const worker of workers) {
+      worker.once("exit", (code) => {
+        failed ||= code !== 0;
+        remaining--;
+        if (remaining === 0) {
+          process.exit(failed ? 1 : 0);
+        }
+      });
+      worker.process.kill("SIGTERM");
+    }
+    setTimeout(() => {
+      logger.error("workers did not stop in time");
+      process.exit(1);
+    }, config.shutdownTimeoutMs + 2000).unref();
+  };
+  process.on("SIGTERM", () => {
+    stop("SIGTERM");
+  });
+  process.on("SIGINT", () => {
+    stop("SIGINT");
+  });
+}
 
 async function main(): Promise<void> {
-  let config;
+  let config: Config;
   try {
     config = loadConfig(process.env);
   } catch (error) {
@@ -17,28 +213,11 @@ async function main(): Promise<void> {
     throw error;
   }
   const logger = pino({ level: config.logLevel });
-  const deps = await createDeps(config, logger);
-  const app = buildApp({ identify: deps.identify, logger, errorMessages: config.errorMessages });
-  app.addHook("onClose", () => deps.close());
-
-  if (config.errorMessages === "transparent") {
-    logger.warn(
-      "ERROR_MESSAGES=transparent: error answers show their real reason; never in production",
-    );
+  if (config.workers > 1 && cluster.isPrimary) {
+    await runPrimary(config, logger);
+  } else {
+    await runServer(config, logger);
   }
-  const shutdown = (signal: string) => {
-    logger.info({ signal }, "shutting down");
-    app.close().then(
-      () => process.exit(0),
-      (error: unknown) => {
-        logger.error({ err: error }, "shutdown failed");
-        process.exit(1);
-      },
-    );
-  };
-  process.once("SIGTERM", shutdown);
-  process.once("SIGINT", shutdown);
-  await app.listen({ host: config.host, port: config.port });
 }
 
 main().catch((error: unknown) => {

@@ -19,7 +19,15 @@ describe("loadConfig", () => {
       cachePrefix: "identity:v1:",
       cacheMaxEntries: 100000,
       cacheTimeoutMs: 50,
+      workers: 1,
+      shutdownTimeoutMs: 10000,
     });
+  });
+
+  it("runs one worker per CPU in production unless WORKERS says otherwise", () => {
+    assert.ok(loadConfig({ NODE_ENV: "production" }).workers >= 1);
+    assert.equal(loadConfig({ NODE_ENV: "production", WORKERS: "3" }).workers, 3);
+    assert.equal(loadConfig({ NODE_ENV: "development" }).workers, 1);
   });
 
   it("reads each kind of DATABASE_URL", () => {

@@ -73,6 +73,8 @@ export interface CustomerCache {
     request: IdentifyRequest,
   ): Promise<void>;
   stats(): CacheStats;
+  /** False while the backend cannot be used (Redis unreachable, or a publication owed to it). */
+  available(): boolean;
   close(): Promise<void>;
 }
 
@@ -119,6 +121,10 @@ export class NoCache implements CustomerCache {
 
   stats(): CacheStats {
     return { ...this.counters };
+  }
+
+  available(): boolean {
+    return true;
   }
 
   close(): Promise<void> {

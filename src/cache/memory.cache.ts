@@ -96,6 +96,10 @@ export class MemoryCustomerCache implements CustomerCache {
     return { ...this.counters };
   }
 
+  available(): boolean {
+    return true;
+  }
+
   close(): Promise<void> {
     this.entries.clear();
     this.tokens.clear();

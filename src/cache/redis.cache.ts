@@ -121,7 +121,7 @@ export class RedisCustomerCache implements CustomerCache {
   /** Writes owed to Redis: per primary id, drop its entry or make it a tombstone. */
   private readonly pending = new Map<number, "drop" | "tombstone">();
   private retryTimer: NodeJS.Timeout | null = null;
-  private available = true;
+  private reachable = true;
 
   constructor(
     private readonly options: RedisCacheOptions,
@@ -315,6 +315,10 @@ export class RedisCustomerCache implements CustomerCache {
     return { ...this.counters };
   }
 
+  available(): boolean {
+    return this.reachable && this.pending.size === 0 && this.redis.status === "ready";
+  }
+
   async close(): Promise<void> {
     if (this.retryTimer !== null) {
       clearTimeout(this.retryTimer);
@@ -387,15 +391,15 @@ export class RedisCustomerCache implements CustomerCache {
   }
 
   private markUnavailable(reason: string): void {
-    if (this.available) {
-      this.available = false;
+    if (this.reachable) {
+      this.reachable = false;
       this.events.onUnavailable?.(reason);
     }
   }
 
   private markAvailable(): void {
-    if (!this.available && this.pending.size === 0) {
-      this.available = true;
+    if (!this.reachable && this.pending.size === 0) {
+      this.reachable = true;
       this.events.onAvailable?.();
     }
   }

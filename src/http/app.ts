@@ -2,15 +2,25 @@ import { randomUUID } from "node:crypto";
 import type { IncomingMessage } from "node:http";
 import Fastify, { LogController } from "fastify";
 import type { FastifyBaseLogger, FastifyInstance } from "fastify";
+import fastifySwagger from "@fastify/swagger";
+import fastifySwaggerUi from "@fastify/swagger-ui";
+import type { Metrics } from "../observability/metrics.js";
 import type { IdentifyService } from "../service/identify.service.js";
 import { createErrorHandler, MASKED_MESSAGES } from "./errors.js";
 import type { ErrorMessages } from "./errors.js";
+import { healthRoute } from "./health.route.js";
+import type { Readiness } from "./health.route.js";
 import { identifyRoute } from "./identify.route.js";
+import { metricsRoute } from "./metrics.route.js";
 
 export interface AppDeps {
   readonly identify: IdentifyService;
   readonly logger: FastifyBaseLogger;
   readonly errorMessages: ErrorMessages;
+  readonly metrics: Metrics;
+  readonly readiness: () => Promise<Readiness>;
+  /** The /metrics text; by default this process's registry. */
+  readonly scrapeMetrics?: () => Promise<{ contentType: string; body: string }>;
 }
 
 const BODY_LIMIT_BYTES = 16 * 1024;
@@ -48,10 +58,29 @@ export function buildApp(deps: AppDeps): FastifyInstance {
 
   // JSON only: a text body is a client error, not a string to validate.
   app.removeContentTypeParser("text/plain");
+  // While shutting down, answers close their connection, so keep-alive clients move on and the
+  // server can finish closing once the in-flight requests are answered.
+  let closing = false;
+  app.addHook("preClose", (done) => {
+    closing = true;
+    done();
+  });
   app.addHook("onRequest", async (request, reply) => {
     reply.header("x-request-id", request.id);
   });
+  app.addHook("onSend", (_request, reply, payload, done) => {
+    if (closing) {
+      reply.header("connection", "close");
+    }
+    done(null, payload);
+  });
   app.addHook("onResponse", async (request, reply) => {
+    deps.metrics.observeRequest(
+      request.routeOptions.url ?? "unmatched",
+      request.method,
+      reply.statusCode,
+      reply.elapsedTime / 1000,
+    );
     request.log.debug(
       {
         method: request.method,
@@ -67,6 +96,33 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     reply.status(404).send({ error: MASKED_MESSAGES.NOT_FOUND, requestId: request.id }),
   );
 
-  void app.register(identifyRoute, { identify: deps.identify });
+  void app.register(fastifySwagger, {
+    openapi: {
+      openapi: "3.1.0",
+      info: {
+        title: "Identity reconciliation service",
+        version: "1",
+        description:
+          "POST /identify links the contacts that share an email or a phone number into one " +
+          "customer. Error messages are masked on purpose: 400 and 413 say " +
+          `"${MASKED_MESSAGES.INVALID_INPUT}", a database failure says ` +
+          `"${MASKED_MESSAGES.DATABASE_FAILURE}"; the real cause is logged under the request id.`,
+      },
+      tags: [
+        { name: "identify", description: "Identity reconciliation" },
+        { name: "operations", description: "Health, readiness and metrics" },
+      ],
+    },
+  });
+  void app.register(fastifySwaggerUi, { routePrefix: "/docs" });
+  void app.register(identifyRoute, { identify: deps.identify, metrics: deps.metrics });
+  void app.register(healthRoute, { readiness: deps.readiness });
+  const registry = deps.metrics.registry;
+  void app.register(metricsRoute, {
+    scrape:
+      deps.scrapeMetrics ??
+      (async () => ({ contentType: registry.contentType, body: await registry.metrics() })),
+  });
+  app.get("/openapi.json", { schema: { hide: true } }, () => app.swagger());
   return app;
 }

@@ -20,8 +20,6 @@ export interface IdentifyServiceOptions {
    * test can let a writer commit and publish in that gap.
    */
   readonly beforeCacheFill?: () => Promise<void>;
-  /** Told the outcome of every request that reached the database. */
-  readonly onOutcome?: (outcome: IdentifyOutcome) => void;
 }
 
 /** Rounds of "lock the customers seen, read again" before the transaction starts over. */
@@ -67,7 +65,6 @@ export class IdentifyService {
       } else {
         await this.cache.hint(request, readOnly.winnerId);
       }
-      this.options.onOutcome?.("unchanged");
       return { customer, outcome: "unchanged", cached: false };
     }
 
@@ -107,7 +104,6 @@ export class IdentifyService {
     } else {
       await this.cache.publish(customer, plan.relinkGroups, request);
     }
-    this.options.onOutcome?.(plan.outcome);
     return { customer, outcome: plan.outcome, cached: false };
   }
 }

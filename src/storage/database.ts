@@ -38,6 +38,13 @@ export interface DatabaseOptions {
   readonly onIdleConnectionError?: (error: Error) => void;
 }
 
+/** Connections of a pool: open and busy, open and idle, and requests waiting for one. */
+export interface PoolStats {
+  readonly inUse: number;
+  readonly idle: number;
+  readonly waiting: number;
+}
+
 /** An open database: the Kysely instance and the dialect it speaks. */
 export interface Database {
   readonly db: Kysely<DB>;
@@ -45,6 +52,8 @@ export interface Database {
   readonly options: DatabaseOptions;
   /** The target without credentials, for logs and error lines. */
   readonly description: string;
+  /** The connection pool right now (SQLite: one connection, reported as idle). */
+  poolStats(): PoolStats;
   destroy(): Promise<void>;
 }
 
@@ -94,7 +103,24 @@ export function describeTarget(target: DatabaseTarget): string {
   return url.toString();
 }
 
-function createDialect(target: DatabaseTarget, options: DatabaseOptions): Dialect {
+interface Created {
+  readonly dialect: Dialect;
+  readonly poolStats: () => PoolStats;
+}
+
+/** mysql2 keeps its pool's queues in fields it does not type; read their lengths defensively. */
+function mysqlPoolStats(pool: unknown): PoolStats {
+  const queues = pool as {
+    _allConnections?: { length: number };
+    _freeConnections?: { length: number };
+    _connectionQueue?: { length: number };
+  };
+  const all = queues._allConnections?.length ?? 0;
+  const free = queues._freeConnections?.length ?? 0;
+  return { inUse: all - free, idle: free, waiting: queues._connectionQueue?.length ?? 0 };
+}
+
+function createDialect(target: DatabaseTarget, options: DatabaseOptions): Created {
   const lockTimeoutSeconds = Math.max(1, Math.ceil(options.lockTimeoutMs / 1000));
   switch (target.dialect) {
     case "sqlite": {
@@ -107,30 +133,38 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Dialec
       database.pragma(`synchronous = ${options.sqliteSynchronous ?? "normal"}`);
       database.pragma("foreign_keys = ON");
       database.pragma(`busy_timeout = ${options.lockTimeoutMs}`);
-      return new ImmediateSqliteDialect({ database: withStatementCache(database) });
+      return {
+        dialect: new ImmediateSqliteDialect({ database: withStatementCache(database) }),
+        poolStats: () => ({ inUse: 0, idle: 1, waiting: 0 }),
+      };
     }
-    case "mysql":
-      return new MysqlDialect({
-        pool: createPool({
-          uri: target.url,
-          connectionLimit: options.poolSize,
-          timezone: "Z",
-          dateStrings: false,
-          supportBigNumbers: true,
-          connectTimeout: 5000,
-          enableKeepAlive: true,
-        }),
-        onCreateConnection: async (connection) => {
-          // READ COMMITTED: every statement sees the latest committed rows, and InnoDB takes no gap
-          // locks; correctness comes from the named and row locks (see README, Concurrency).
-          await connection.executeQuery(
-            CompiledQuery.raw("set session transaction isolation level read committed"),
-          );
-          await connection.executeQuery(
-            CompiledQuery.raw(`set session innodb_lock_wait_timeout = ${lockTimeoutSeconds}`),
-          );
-        },
+    case "mysql": {
+      const pool = createPool({
+        uri: target.url,
+        connectionLimit: options.poolSize,
+        timezone: "Z",
+        dateStrings: false,
+        supportBigNumbers: true,
+        connectTimeout: 5000,
+        enableKeepAlive: true,
       });
+      return {
+        dialect: new MysqlDialect({
+          pool,
+          onCreateConnection: async (connection) => {
+            // READ COMMITTED: every statement sees the latest committed rows, and InnoDB takes no
+            // gap locks; correctness comes from the named and row locks (README, Concurrency).
+            await connection.executeQuery(
+              CompiledQuery.raw("set session transaction isolation level read committed"),
+            );
+            await connection.executeQuery(
+              CompiledQuery.raw(`set session innodb_lock_wait_timeout = ${lockTimeoutSeconds}`),
+            );
+          },
+        }),
+        poolStats: () => mysqlPoolStats(pool),
+      };
+    }
     case "postgres": {
       const pool = new pg.Pool({
         connectionString: target.url,
@@ -141,7 +175,14 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Dialec
       // An idle connection that the server drops (a restart, a failover) must not crash the
       // process: the pool discards it, and the next query opens a new one.
       pool.on("error", (error) => options.onIdleConnectionError?.(error));
-      return new PostgresDialect({ pool });
+      return {
+        dialect: new PostgresDialect({ pool }),
+        poolStats: () => ({
+          inUse: pool.totalCount - pool.idleCount,
+          idle: pool.idleCount,
+          waiting: pool.waitingCount,
+        }),
+      };
     }
   }
 }
@@ -208,12 +249,14 @@ class ImmediateSqliteDialect extends SqliteDialect {
 
 /** Opens (lazily: no connection is made until the first query) the database at `target`. */
 export function openDatabase(target: DatabaseTarget, options: DatabaseOptions): Database {
-  const db = new Kysely<DB>({ dialect: createDialect(target, options) });
+  const created = createDialect(target, options);
+  const db = new Kysely<DB>({ dialect: created.dialect });
   return {
     db,
     dialect: target.dialect,
     options,
     description: describeTarget(target),
+    poolStats: created.poolStats,
     destroy: () => db.destroy(),
   };
 }

@@ -31,6 +31,16 @@ export async function migrateToLatest(database: Database): Promise<string[]> {
   return (result.results ?? []).filter((r) => r.status === "Success").map((r) => r.migrationName);
 }
 
+/** Names of the migrations not yet applied; rejects when the database cannot be reached. */
+export async function pendingMigrations(database: Database): Promise<string[]> {
+  const migrator = new Migrator({
+    db: database.db,
+    provider: { getMigrations: () => Promise.resolve(migrations(database.dialect)) },
+  });
+  const all = await migrator.getMigrations();
+  return all.filter((migration) => migration.executedAt === undefined).map((m) => m.name);
+}
+
 function errorMessage(error: unknown): string {
   return error instanceof Error ? error.message : String(error);
 }

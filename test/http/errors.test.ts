@@ -3,7 +3,9 @@ import { after, before, describe, it } from "node:test";
 import { sql } from "kysely";
 import { pino } from "pino";
 import { NoCache } from "../../src/cache/customer-cache.js";
+import { readinessOf } from "../../src/deps.js";
 import { buildApp } from "../../src/http/app.js";
+import { createMetrics } from "../../src/observability/metrics.js";
 import { IdentifyService } from "../../src/service/identify.service.js";
 import { SqlContactStore } from "../../src/storage/contact.store.js";
 import type { Database } from "../../src/storage/database.js";
@@ -210,7 +212,10 @@ describe("error messages", () => {
     Object.defineProperty(faulty, "identify", {
       value: () => Promise.reject(new TypeError("cannot read properties of undefined")),
     });
+    const cache = new NoCache();
     const app = buildApp({
+      metrics: createMetrics({ cache: () => cache.stats(), pool: () => database.poolStats() }),
+      readiness: readinessOf(database, cache),
       identify: faulty,
       logger: pino({ level: "silent" }),
       errorMessages: "masked",

@@ -3,7 +3,9 @@ import type { FastifyInstance } from "fastify";
 import { pino } from "pino";
 import type { CustomerCache } from "../../src/cache/customer-cache.js";
 import { MemoryCustomerCache } from "../../src/cache/memory.cache.js";
+import { readinessOf } from "../../src/deps.js";
 import { buildApp } from "../../src/http/app.js";
+import { createMetrics } from "../../src/observability/metrics.js";
 import type { ErrorMessages } from "../../src/http/errors.js";
 import { IdentifyService } from "../../src/service/identify.service.js";
 import type { IdentifyServiceOptions } from "../../src/service/identify.service.js";
@@ -40,14 +42,19 @@ export async function startApp(
     },
   });
   const logger = pino({ level: "info" }, sink);
+  const cache = options.cache ?? new MemoryCustomerCache({ ttlSeconds: 3600, maxEntries: 10_000 });
+  const metrics = createMetrics({ cache: () => cache.stats(), pool: () => database.poolStats() });
+  const store = new SqlContactStore(database, undefined, {
+    onRetry: () => {
+      metrics.transactionRetried();
+    },
+  });
   const app = buildApp({
-    identify: new IdentifyService(
-      new SqlContactStore(database),
-      options.cache ?? new MemoryCustomerCache({ ttlSeconds: 3600, maxEntries: 10_000 }),
-      options.service,
-    ),
+    identify: new IdentifyService(store, cache, options.service),
     logger,
     errorMessages: options.errorMessages ?? "masked",
+    metrics,
+    readiness: readinessOf(database, cache),
   });
   const url = await app.listen({ host: "127.0.0.1", port: 0 });
   return { app, url, logs, close: () => app.close() };

@@ -1,0 +1,97 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
+import type { CacheStats } from "../cache/customer-cache.js";
+import type { IdentifyOutcome } from "../domain/reconcile.js";
+import type { PoolStats } from "../storage/database.js";
+
+/** Where the metrics that are read, not counted, come from. */
+export interface MetricSources {
+  readonly cache: () => CacheStats;
+  readonly pool: () => PoolStats;
+}
+
+/** The service's Prometheus metrics, in one registry per process. */
+export interface Metrics {
+  readonly registry: Registry;
+  observeRequest(route: string, method: string, status: number, seconds: number): void;
+  identified(outcome: IdentifyOutcome, source: "cache" | "database"): void;
+  transactionRetried(): void;
+}
+
+const CACHE_RESULTS: [keyof CacheStats, string][] = [
+  ["hits", "hit"],
+  ["misses", "miss"],
+  ["fills", "fill"],
+  ["staleFillsRefused", "stale_fill_refused"],
+  ["publications", "publication"],
+  ["errors", "error"],
+];
+
+export function createMetrics(sources: MetricSources): Metrics {
+  const registry = new Registry();
+  collectDefaultMetrics({ register: registry });
+
+  const requests = new Counter({
+    name: "http_requests_total",
+    help: "HTTP requests answered, by route, method and status.",
+    labelNames: ["route", "method", "status"] as const,
+    registers: [registry],
+  });
+  const duration = new Histogram({
+    name: "http_request_duration_seconds",
+    help: "HTTP request latency, by route, method and status.",
+    labelNames: ["route", "method", "status"] as const,
+    buckets: [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5],
+    registers: [registry],
+  });
+  const outcomes = new Counter({
+    name: "identify_outcomes_total",
+    help: "POST /identify answers by outcome (created, secondary_added, merged, unchanged) and source.",
+    labelNames: ["outcome", "source"] as const,
+    registers: [registry],
+  });
+  const retries = new Counter({
+    name: "db_transaction_retries_total",
+    help: "Transactions run again after a deadlock, serialization failure or lock timeout.",
+    registers: [registry],
+  });
+  new Counter({
+    name: "cache_operations_total",
+    help: "Cache lookups and writes by result: hit, miss, fill, stale_fill_refused, publication, error.",
+    labelNames: ["result"] as const,
+    registers: [registry],
+    collect() {
+      const stats = sources.cache();
+      this.reset();
+      for (const [key, result] of CACHE_RESULTS) {
+        this.inc({ result }, stats[key]);
+      }
+    },
+  });
+  new Gauge({
+    name: "db_pool_connections",
+    help: "Database pool connections: in_use, idle, and waiting (requests queued for one).",
+    labelNames: ["state"] as const,
+    registers: [registry],
+    collect() {
+      const stats = sources.pool();
+      this.set({ state: "in_use" }, stats.inUse);
+      this.set({ state: "idle" }, stats.idle);
+      this.set({ state: "waiting" }, stats.waiting);
+    },
+  });
+
+  return {
+    registry,
+    observeRequest(route, method, status, seconds) {
+      const labels = { route, method, status: String(status) };
+      requests.inc(labels);
+      duration.observe(labels, seconds);
+    },
+    identified(outcome, source) {
+      outcomes.inc({ outcome, source });
+    },
+    transactionRetried() {
+      retries.inc();
+    },
+  };
+}
