@@ -1,3 +1,4 @@
+import { rootMessage } from "./error-message.js";
 import type { CustomerCache } from "./cache/customer-cache.js";
 import { NoCache } from "./cache/customer-cache.js";
 import { MemoryCustomerCache } from "./cache/memory.cache.js";
@@ -127,22 +128,4 @@ export async function createDeps(config: Config, logger: FastifyBaseLogger): Pro
       await database.destroy();
     },
   };
-}
-
-/** The innermost cause of an error as one line (driver code first, when it has one). */
-export function rootMessage(error: unknown): string {
-  let current: unknown = error;
-  while (current instanceof Error && current.cause !== undefined) {
-    current = current.cause;
-  }
-  if (current instanceof AggregateError && current.errors.length > 0) {
-    current = current.errors[0];
-  }
-  if (current instanceof Error) {
-    const code = (current as { code?: unknown }).code;
-    return typeof code === "string" && !current.message.includes(code)
-      ? `${code} ${current.message}`
-      : current.message || current.name;
-  }
-  return String(current);
 }

@@ -1,0 +1,332 @@
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { once } from "node:events";
+import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { createInterface } from "node:readline";
+import { after, before, describe, it } from "node:test";
+import { NoCache } from "../../src/cache/customer-cache.js";
+import type { Customer } from "../../src/domain/contact.js";
+import { IdentifyService } from "../../src/service/identify.service.js";
+import { SqlContactStore } from "../../src/storage/contact.store.js";
+import { openDatabase } from "../../src/storage/database.js";
+import type { Database } from "../../src/storage/database.js";
+import { pendingMigrations } from "../../src/storage/migrate.js";
+import {
+  allContacts,
+  createTestDatabase,
+  dialectsUnderTest,
+  openMigrated,
+} from "../support/databases.js";
+import type { TestDatabase } from "../support/databases.js";
+
+const ROOT = new URL("../../", import.meta.url).pathname;
+const COMMAND = ["--import", "tsx", "src/cli/identity.ts"];
+
+interface Run {
+  readonly code: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/** Runs `identity ...args` as a process with `env` added, and checks it printed no stack. */
+async function identity(args: readonly string[], env: Record<string, string> = {}): Promise<Run> {
+  const child = spawn(process.execPath, [...COMMAND, ...args], {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  let stdout = "";
+  let stderr = "";
+  child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
+  child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
+  const timer = setTimeout(() => child.kill("SIGKILL"), 30_000);
+  const [code] = (await once(child, "exit")) as [number | null];
+  clearTimeout(timer);
+  assert.ok(!stderr.includes("    at "), `a stack trace on stderr:\n${stderr}`);
+  return { code, stdout, stderr };
+}
+
+/** Asserts a failed run: the exit code, nothing on stdout, and exactly one line on stderr. */
+function assertOneLineFailure(run: Run, code: number, line: RegExp): void {
+  assert.equal(run.code, code, run.stderr);
+  assert.equal(run.stdout, "");
+  const lines = run.stderr.split("\n");
+  assert.equal(lines.length, 2, run.stderr);
+  assert.equal(lines[1], "");
+  assert.match(lines[0] ?? "", line);
+}
+
+describe("the identity command line", () => {
+  it("prints the usage, naming every command, for --help, -h, help, no command and a command's --help", async () => {
+    const runs = await Promise.all(
+      [["--help"], ["-h"], ["help"], [], ["lookup", "--help"]].map((args) => identity(args)),
+    );
+    for (const run of runs) {
+      assert.equal(run.code, 0, run.stderr);
+      assert.equal(run.stderr, "");
+      assert.equal(run.stdout, runs[0]?.stdout);
+    }
+    const usage = runs[0]?.stdout ?? "";
+    assert.match(usage, /^Usage: identity <command>/);
+    for (const command of [
+      "serve",
+      "migrate",
+      "lookup --email",
+      "lookup --phone",
+      "stats",
+      "help",
+    ]) {
+      assert.match(usage, new RegExp(`^  ${command} `, "m"), `usage lists ${command}`);
+    }
+  });
+
+  it("exits 2 with one line for an unknown command or option, before reading the configuration", async () => {
+    const cases: [string[], RegExp][] = [
+      [["frobnicate"], /^identity: unknown command 'frobnicate' \(see identity --help\)$/],
+      [["--verbose"], /^identity: unknown option '--verbose' \(see identity --help\)$/],
+      [["stats", "--all"], /^identity: stats: Unknown option '--all'/],
+      [["migrate", "now"], /^identity: migrate: Unexpected argument 'now'/],
+    ];
+    const runs = await Promise.all(
+      cases.map(([args]) => identity(args, { DATABASE_URL: "nonsense" })),
+    );
+    runs.forEach((run, i) => {
+      assertOneLineFailure(run, 2, cases[i]?.[1] ?? /^$/);
+    });
+  });
+
+  it("lookup exits 2 unless given exactly one valid --email or --phone, before reading the configuration", async () => {
+    const cases: [string[], RegExp][] = [
+      [["lookup"], /^identity: lookup needs --email EMAIL or --phone PHONE/],
+      [
+        ["lookup", "--email", "doc@hillvalley.edu", "--phone", "555000"],
+        /^identity: lookup takes --email or --phone, not both/,
+      ],
+      [
+        ["lookup", "--phone", "555000", "--phone", "123456"],
+        /^identity: lookup: --phone is given more than once/,
+      ],
+      [["lookup", "--email", "not-an-email"], /^identity: lookup: invalid --email: /],
+      [["lookup", "--phone", "12"], /^identity: lookup: invalid --phone: /],
+      [["lookup", "--email", "   "], /^identity: lookup: --email needs a value/],
+      [["lookup", "--email"], /^identity: lookup: Option '--email <value>' argument missing/],
+    ];
+    const runs = await Promise.all(
+      cases.map(([args]) => identity(args, { DATABASE_URL: "nonsense" })),
+    );
+    runs.forEach((run, i) => {
+      assertOneLineFailure(run, 2, cases[i]?.[1] ?? /^$/);
+    });
+  });
+
+  it("exits 1 naming each bad variable, prefixed configuration error:", async () => {
+    const run = await identity(["stats"], { DATABASE_URL: "nonsense", PORT: "99999" });
+    assert.equal(run.code, 1);
+    assert.equal(run.stdout, "");
+    assert.deepEqual(run.stderr.trim().split("\n"), [
+      "configuration error: PORT: must be a whole number from 0 to 65535",
+      "configuration error: DATABASE_URL: is not a URL (sqlite:PATH, mysql://… or postgres://…)",
+    ]);
+  });
+
+  it("exits 1 with one line naming DATABASE_URL, password masked, when the database is unreachable", async () => {
+    const env = { DATABASE_URL: "postgres://root:hunter2@127.0.0.1:1/identity" };
+    const runs = await Promise.all(
+      [["stats"], ["lookup", "--email", "doc@hillvalley.edu"], ["migrate"]].map((args) =>
+        identity(args, env),
+      ),
+    );
+    for (const run of runs) {
+      assertOneLineFailure(
+        run,
+        1,
+        /^DATABASE_URL: cannot (read|migrate) postgres:\/\/root:\*\*\*@127\.0\.0\.1:1\/identity: .*ECONNREFUSED/,
+      );
+      assert.doesNotMatch(run.stderr, /hunter2/);
+    }
+  });
+
+  it("does not create a missing SQLite file for a lookup", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "idr-cli-"));
+    try {
+      const path = join(dir, "nested", "contacts.db");
+      const run = await identity(["lookup", "--phone", "123456"], {
+        DATABASE_URL: `sqlite:${path}`,
+      });
+      assertOneLineFailure(run, 1, /^DATABASE_URL: sqlite:.*contacts\.db does not exist/);
+      assert.equal(existsSync(join(dir, "nested")), false);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("serve starts the HTTP server as npm start does, and stops with 0 on SIGTERM", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "idr-cli-"));
+    const child = spawn(process.execPath, [...COMMAND, "serve"], {
+      cwd: ROOT,
+      env: { ...process.env, PORT: "0", DATABASE_URL: `sqlite:${join(dir, "contacts.db")}` },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    try {
+      const url = await new Promise<string>((resolve, reject) => {
+        createInterface({ input: child.stdout }).on("line", (line) => {
+          const match = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(line);
+          if (match?.[1] !== undefined) {
+            resolve(match[1]);
+          }
+        });
+        child.once("exit", (code) => {
+          reject(new Error(`identity serve exited with ${code}`));
+        });
+      });
+      const response = await fetch(`${url}/identify`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ email: "doc@hillvalley.edu" }),
+      });
+      assert.equal(response.status, 200);
+      assert.deepEqual(await response.json(), {
+        primaryContactId: 1,
+        emails: ["doc@hillvalley.edu"],
+        phoneNumbers: [],
+        secondaryContactIds: [],
+      });
+      const exited = once(child, "exit");
+      child.kill("SIGTERM");
+      assert.deepEqual((await exited)[0], 0);
+    } finally {
+      child.kill("SIGKILL");
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});
+
+for (const dialect of dialectsUnderTest()) {
+  describe(`identity commands on ${dialect}`, () => {
+    let test: TestDatabase;
+    let database: Database;
+    let env: Record<string, string>;
+    let lorraine: Customer;
+    let doc: Customer;
+
+    before(async () => {
+      test = await createTestDatabase(dialect);
+      database = await openMigrated(test);
+      env = { DATABASE_URL: test.url };
+      const service = new IdentifyService(new SqlContactStore(database), new NoCache());
+      const first = await service.identify({
+        email: "lorraine@hillvalley.edu",
+        phoneNumber: "123456",
+      });
+      lorraine = (await service.identify({ email: "mcfly@hillvalley.edu", phoneNumber: "123456" }))
+        .customer;
+      doc = (await service.identify({ email: "doc@hillvalley.edu", phoneNumber: "555000" }))
+        .customer;
+      assert.equal(lorraine.primaryContactId, first.customer.primaryContactId);
+      assert.equal(lorraine.secondaryContactIds.length, 1);
+    });
+
+    after(async () => {
+      await database.destroy();
+      await test.drop();
+    });
+
+    it("lookup --email prints the consolidated customer as one line of JSON, normalizing the email", async () => {
+      const run = await identity(["lookup", "--email", " LORRAINE@hillvalley.edu "], env);
+      assert.equal(run.code, 0, run.stderr);
+      assert.equal(run.stderr, "");
+      assert.equal(
+        run.stdout,
+        `${JSON.stringify({
+          primaryContactId: lorraine.primaryContactId,
+          emails: ["lorraine@hillvalley.edu", "mcfly@hillvalley.edu"],
+          phoneNumbers: ["123456"],
+          secondaryContactIds: lorraine.secondaryContactIds,
+        })}\n`,
+      );
+    });
+
+    it("lookup --phone normalizes the phone and prints the same customer", async () => {
+      const run = await identity(["lookup", "--phone", "12-34-56"], env);
+      assert.equal(run.code, 0, run.stderr);
+      assert.equal(run.stdout, `${JSON.stringify(lorraine)}\n`);
+      const other = await identity(["lookup", "--phone=555 000"], env);
+      assert.equal(other.code, 0, other.stderr);
+      assert.equal(
+        other.stdout,
+        `${JSON.stringify({
+          primaryContactId: doc.primaryContactId,
+          emails: ["doc@hillvalley.edu"],
+          phoneNumbers: ["555000"],
+          secondaryContactIds: [],
+        })}\n`,
+      );
+    });
+
+    it("lookup exits 1 with one line when no customer has the email or phone", async () => {
+      const [email, phone] = await Promise.all([
+        identity(["lookup", "--email", "biff@hillvalley.edu"], env),
+        identity(["lookup", "--phone", "999999"], env),
+      ]);
+      assertOneLineFailure(email, 1, /^no customer has that email$/);
+      assertOneLineFailure(phone, 1, /^no customer has that phone number$/);
+    });
+
+    it("lookup writes nothing", async () => {
+      const before = await allContacts(database);
+      const runs = await Promise.all(
+        [
+          ["lookup", "--email", "mcfly@hillvalley.edu"],
+          ["lookup", "--phone", "555000"],
+          ["lookup", "--email", "marty@hillvalley.edu"],
+        ].map((args) => identity(args, env)),
+      );
+      assert.deepEqual(
+        runs.map((run) => run.code),
+        [0, 0, 1],
+      );
+      assert.deepEqual(await allContacts(database), before);
+      assert.equal(before.length, 3);
+    });
+
+    it("stats counts live contacts and customers and names the largest customer", async () => {
+      const run = await identity(["stats"], env);
+      assert.equal(run.code, 0, run.stderr);
+      assert.equal(run.stderr, "");
+      assert.deepEqual(JSON.parse(run.stdout), {
+        contacts: 3,
+        customers: 2,
+        largestCustomer: { primaryContactId: lorraine.primaryContactId, contacts: 2 },
+      });
+      assert.equal(run.stdout.split("\n").length, 2, "one line of JSON");
+    });
+
+    it("migrate says the schema is up to date on a migrated database", async () => {
+      const run = await identity(["migrate"], env);
+      assert.equal(run.code, 0, run.stderr);
+      assert.equal(run.stderr, "");
+      assert.equal(run.stdout, `${database.description}: schema is up to date\n`);
+    });
+
+    it("lookup and stats refuse an unmigrated database with one line, and migrate nothing", async () => {
+      const fresh = await createTestDatabase(dialect);
+      const unmigrated = openDatabase(fresh.target, { poolSize: 1, lockTimeoutMs: 5000 });
+      try {
+        const freshEnv = { DATABASE_URL: fresh.url };
+        for (const args of [["lookup", "--email", "doc@hillvalley.edu"], ["stats"]]) {
+          assertOneLineFailure(
+            await identity(args, freshEnv),
+            1,
+            /^DATABASE_URL: cannot read .*: the schema is not migrated \(pending: 0001-create-contact\); run identity migrate$/,
+          );
+        }
+        assert.deepEqual(await pendingMigrations(unmigrated), ["0001-create-contact"]);
+      } finally {
+        await unmigrated.destroy();
+        await fresh.drop();
+      }
+    });
+  });
+}
