@@ -1,3 +1,5 @@
+import { createHash } from "node:crypto";
+import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
 import { parseDatabaseUrl } from "./storage/database.js";
 import type { DatabaseTarget } from "./storage/database.js";
@@ -22,6 +24,22 @@ export interface Config {
   readonly cacheTimeoutMs: number;
   readonly workers: number;
   readonly shutdownTimeoutMs: number;
+  /** Hex SHA-256 digests of the API keys from API_KEYS. */
+  readonly apiKeys: readonly string[];
+  /** Hex SHA-256 digests read from API_KEYS_FILE. */
+  readonly apiKeysFile: readonly string[];
+  readonly rateLimitMax: number;
+  readonly rateLimitWindowMs: number;
+  readonly threatLimit: number;
+  readonly threatWindowMs: number;
+  readonly threatCooldownMs: number;
+  readonly trustProxy: boolean | string;
+  readonly corsOrigins: readonly string[];
+  readonly requestTimeoutMs: number;
+  readonly connectionTimeoutMs: number;
+  readonly handlerTimeoutMs: number;
+  readonly keepAliveTimeoutMs: number;
+  readonly maxRequestsPerSocket: number;
 }
 
 /** One configuration variable: its default and how to read it (throwing a message when bad). */
@@ -203,6 +221,159 @@ export const VARIABLES = [
     meaning:
       "On SIGTERM/SIGINT, how long in-flight requests may take before the process exits anyway (code 1).",
     parse: integer(0, 600_000),
+  }),
+  variable({
+    name: "API_KEYS",
+    key: "apiKeys",
+    default: "",
+    meaning:
+      "Comma-separated API keys (16+ characters each). With any key configured, /identify and /metrics need Authorization: Bearer <key>.",
+    parse: (value) => {
+      const keys = value
+        .split(",")
+        .map((k) => k.trim())
+        .filter(Boolean);
+      if (keys.some((k) => k.length < 16 || /\s/.test(k))) {
+        throw new Error("every key must be at least 16 characters, without spaces");
+      }
+      return keys.map((k) => createHash("sha256").update(k).digest("hex"));
+    },
+  }),
+  variable({
+    name: "API_KEYS_FILE",
+    key: "apiKeysFile",
+    default: "",
+    meaning:
+      "A file of hex SHA-256 digests of API keys, one per line (# comments), added to API_KEYS; no key in clear on disk.",
+    parse: (value) => {
+      if (value === "") {
+        return [];
+      }
+      let text: string;
+      try {
+        text = readFileSync(value, "utf8");
+      } catch {
+        throw new Error(`cannot read ${value}`);
+      }
+      const digests = text
+        .split("\n")
+        .map((line) => line.replace(/#.*$/, "").trim().toLowerCase())
+        .filter(Boolean);
+      if (digests.some((d) => !/^[0-9a-f]{64}$/.test(d))) {
+        throw new Error("every line must be a hex SHA-256 digest (64 hex characters)");
+      }
+      return digests;
+    },
+  }),
+  variable({
+    name: "RATE_LIMIT_MAX",
+    key: "rateLimitMax",
+    default: "600000",
+    meaning:
+      "Requests per client (API key, else address) per window on /identify and /metrics; 0 turns rate limiting off. Shared through Redis when REDIS_URL is set.",
+    parse: integer(0, 1_000_000_000),
+  }),
+  variable({
+    name: "RATE_LIMIT_WINDOW_MS",
+    key: "rateLimitWindowMs",
+    default: "60000",
+    meaning: "The rate-limit window.",
+    parse: integer(100, 86_400_000),
+  }),
+  variable({
+    name: "THREAT_LIMIT",
+    key: "threatLimit",
+    default: "5",
+    meaning: "403s (attack signatures) within THREAT_WINDOW_MS that put a client in cool-down.",
+    parse: integer(1, 1_000_000),
+  }),
+  variable({
+    name: "THREAT_WINDOW_MS",
+    key: "threatWindowMs",
+    default: "60000",
+    meaning: "The window in which THREAT_LIMIT 403s are counted.",
+    parse: integer(100, 86_400_000),
+  }),
+  variable({
+    name: "THREAT_COOLDOWN_MS",
+    key: "threatCooldownMs",
+    default: "300000",
+    meaning: "How long a client in cool-down is answered 403, before any database work.",
+    parse: integer(0, 86_400_000),
+  }),
+  variable({
+    name: "TRUST_PROXY",
+    key: "trustProxy",
+    default: "false",
+    meaning:
+      "Behind a load balancer: true, or comma-separated proxy addresses/CIDRs whose X-Forwarded-For is believed (the client address for limits).",
+    parse: (value) => {
+      if (value === "false") {
+        return false;
+      }
+      if (value === "true") {
+        return true;
+      }
+      return value;
+    },
+  }),
+  variable({
+    name: "CORS_ORIGINS",
+    key: "corsOrigins",
+    default: "",
+    meaning:
+      "Comma-separated origins allowed to call the API from a browser; unset: no CORS headers (closed).",
+    parse: (value) => {
+      const origins = value
+        .split(",")
+        .map((o) => o.trim())
+        .filter(Boolean);
+      for (const origin of origins) {
+        try {
+          new URL(origin);
+        } catch {
+          throw new Error(`${origin} is not an origin such as https://shop.example.com`);
+        }
+      }
+      return origins;
+    },
+  }),
+  variable({
+    name: "REQUEST_TIMEOUT_MS",
+    key: "requestTimeoutMs",
+    default: "10000",
+    meaning:
+      "Time to receive a whole request (headers and body): a client that trickles it (slow loris) is cut off.",
+    parse: integer(100, 600_000),
+  }),
+  variable({
+    name: "CONNECTION_TIMEOUT_MS",
+    key: "connectionTimeoutMs",
+    default: "120000",
+    meaning: "A socket with no activity for this long is closed.",
+    parse: integer(100, 3_600_000),
+  }),
+  variable({
+    name: "HANDLER_TIMEOUT_MS",
+    key: "handlerTimeoutMs",
+    default: "15000",
+    meaning: "A request not answered within this time gets 503 (its transaction may still commit).",
+    parse: integer(100, 600_000),
+  }),
+  variable({
+    name: "KEEP_ALIVE_TIMEOUT_MS",
+    key: "keepAliveTimeoutMs",
+    default: "72000",
+    meaning:
+      "How long an idle keep-alive connection stays open (above common load balancers' 60 s).",
+    parse: integer(100, 600_000),
+  }),
+  variable({
+    name: "MAX_REQUESTS_PER_SOCKET",
+    key: "maxRequestsPerSocket",
+    default: "10000",
+    meaning: "Requests served on one keep-alive connection before it is closed; 0 for no limit.",
+    parse: integer(0, 1_000_000_000),
   }),
 ] as const;
 

@@ -10,18 +10,67 @@ import { openDatabase } from "./storage/database.js";
 import type { Database } from "./storage/database.js";
 import { migrateToLatest, pendingMigrations } from "./storage/migrate.js";
 import type { FastifyBaseLogger } from "fastify";
+import { Redis } from "ioredis";
+import type { SecurityOptions } from "./http/app.js";
+import { ApiKeys } from "./http/security.js";
 import type { Readiness } from "./http/health.route.js";
 import { createMetrics } from "./observability/metrics.js";
 import type { Metrics } from "./observability/metrics.js";
 
 /** Everything the app needs, built from the configuration; the only place adapters are chosen. */
 export interface Deps {
+  readonly security: SecurityOptions;
   readonly database: Database;
   readonly identify: IdentifyService;
   readonly cache: CustomerCache;
   readonly metrics: Metrics;
   readiness(): Promise<Readiness>;
   close(): Promise<void>;
+}
+
+/** The limits on clients and connections, from the configuration. */
+export function securityOf(config: Config, logger: FastifyBaseLogger): SecurityOptions {
+  const keys = new ApiKeys([...config.apiKeys, ...config.apiKeysFile]);
+  if (!keys.enabled) {
+    logger.warn(
+      "no API keys configured (API_KEYS, API_KEYS_FILE): /identify and /metrics are open to anyone who can reach this port",
+    );
+  }
+  let redis: Redis | null = null;
+  if (config.rateLimitMax > 0 && config.redisUrl !== null) {
+    redis = new Redis(config.redisUrl, {
+      commandTimeout: config.cacheTimeoutMs,
+      enableOfflineQueue: false,
+      maxRetriesPerRequest: 0,
+      retryStrategy: (attempt) => Math.min(50 * attempt, 1000),
+    });
+    // Failures are skipped by the limiter (the request goes on); the cache logs Redis's state.
+    redis.on("error", () => undefined);
+  }
+  return {
+    keys,
+    threats: {
+      limit: config.threatLimit,
+      windowMs: config.threatWindowMs,
+      cooldownMs: config.threatCooldownMs,
+    },
+    rateLimit:
+      config.rateLimitMax > 0
+        ? {
+            max: config.rateLimitMax,
+            windowMs: config.rateLimitWindowMs,
+            redis,
+            prefix: `${config.cachePrefix}rate:`,
+          }
+        : null,
+    corsOrigins: config.corsOrigins,
+    trustProxy: config.trustProxy,
+    requestTimeoutMs: config.requestTimeoutMs,
+    connectionTimeoutMs: config.connectionTimeoutMs,
+    handlerTimeoutMs: config.handlerTimeoutMs,
+    keepAliveTimeoutMs: config.keepAliveTimeoutMs,
+    maxRequestsPerSocket: config.maxRequestsPerSocket,
+  };
 }
 
 /** Readiness: the database answers and has every migration; the cache is only reported. */
@@ -106,6 +155,7 @@ export async function createDeps(config: Config, logger: FastifyBaseLogger): Pro
     });
   }
   const cache = createCache(config, logger);
+  const security = securityOf(config, logger);
   const metrics = createMetrics({ cache: () => cache.stats(), pool: () => database.poolStats() });
   const store = new SqlContactStore(database, undefined, {
     onRetry: (attempt, cause) => {
@@ -118,12 +168,14 @@ export async function createDeps(config: Config, logger: FastifyBaseLogger): Pro
   }
   logger.info({ cache: cache.kind }, "cache ready");
   return {
+    security,
     database,
     cache,
     metrics,
     readiness: readinessOf(database, cache),
     identify: new IdentifyService(store, cache),
     close: async () => {
+      security.rateLimit?.redis?.disconnect();
       await cache.close();
       await database.destroy();
     },

@@ -62,6 +62,7 @@ async function runServer(config: Config, logger: Logger): Promise<void> {
     scrapeMetrics = scrapeThroughPrimary;
   }
   const app = buildApp({
+    security: deps.security,
     identify: deps.identify,
     logger,
     errorMessages: config.errorMessages,

@@ -1,5 +1,9 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { createHash } from "node:crypto";
+import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { ConfigError, loadConfig } from "../src/config.js";
 
 describe("loadConfig", () => {
@@ -21,6 +25,20 @@ describe("loadConfig", () => {
       cacheTimeoutMs: 50,
       workers: 1,
       shutdownTimeoutMs: 10000,
+      apiKeys: [],
+      apiKeysFile: [],
+      rateLimitMax: 600000,
+      rateLimitWindowMs: 60000,
+      threatLimit: 5,
+      threatWindowMs: 60000,
+      threatCooldownMs: 300000,
+      trustProxy: false,
+      corsOrigins: [],
+      requestTimeoutMs: 10000,
+      connectionTimeoutMs: 120000,
+      handlerTimeoutMs: 15000,
+      keepAliveTimeoutMs: 72000,
+      maxRequestsPerSocket: 10000,
     });
   });
 
@@ -75,6 +93,35 @@ describe("loadConfig", () => {
         return true;
       },
     );
+  });
+
+  it("keeps API keys only as SHA-256 digests, from API_KEYS and API_KEYS_FILE", () => {
+    const dir = mkdtempSync(join(tmpdir(), "idr-keys-"));
+    const file = join(dir, "keys");
+    const digest = createHash("sha256").update("file-key-0123456789").digest("hex");
+    writeFileSync(file, `# the shop backend\n${digest}\n\n`);
+    try {
+      const config = loadConfig({
+        API_KEYS: "env-key-0123456789, other-key-0123456789",
+        API_KEYS_FILE: file,
+      });
+      assert.deepEqual(config.apiKeys, [
+        createHash("sha256").update("env-key-0123456789").digest("hex"),
+        createHash("sha256").update("other-key-0123456789").digest("hex"),
+      ]);
+      assert.deepEqual(config.apiKeysFile, [digest]);
+      assert.throws(
+        () => loadConfig({ API_KEYS: "short" }),
+        /API_KEYS: every key must be at least 16/,
+      );
+      writeFileSync(file, "not-a-digest\n");
+      assert.throws(
+        () => loadConfig({ API_KEYS_FILE: file }),
+        /API_KEYS_FILE: every line must be a hex SHA-256/,
+      );
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("rejects a database URL without a database name", () => {

@@ -6,14 +6,56 @@ import fastifySwagger from "@fastify/swagger";
 import fastifySwaggerUi from "@fastify/swagger-ui";
 import type { Metrics } from "../observability/metrics.js";
 import type { IdentifyService } from "../service/identify.service.js";
-import { createErrorHandler, MASKED_MESSAGES } from "./errors.js";
+import fastifyCors from "@fastify/cors";
+import fastifyHelmet from "@fastify/helmet";
+import fastifyRateLimit from "@fastify/rate-limit";
+import type { Redis } from "ioredis";
+import { createErrorHandler, MASKED_MESSAGES, RateLimitedError } from "./errors.js";
+import { ApiKeys, guardRequest, screenBody, ThreatTracker } from "./security.js";
+import type { ThreatPolicy } from "./security.js";
 import type { ErrorMessages } from "./errors.js";
 import { healthRoute } from "./health.route.js";
 import type { Readiness } from "./health.route.js";
 import { identifyRoute } from "./identify.route.js";
 import { metricsRoute } from "./metrics.route.js";
 
+/** Limits on clients and connections; every field has a safe default (see DEFAULT_SECURITY). */
+export interface SecurityOptions {
+  readonly keys: ApiKeys;
+  readonly threats: ThreatPolicy;
+  /** Requests per client per window; null: no rate limit. */
+  readonly rateLimit: {
+    readonly max: number;
+    readonly windowMs: number;
+    /** Shared counters for every instance; null: in-process. */
+    readonly redis: Redis | null;
+    /** Prefix of the Redis keys. */
+    readonly prefix: string;
+  } | null;
+  readonly corsOrigins: readonly string[];
+  readonly trustProxy: boolean | string;
+  readonly requestTimeoutMs: number;
+  readonly connectionTimeoutMs: number;
+  readonly handlerTimeoutMs: number;
+  readonly keepAliveTimeoutMs: number;
+  readonly maxRequestsPerSocket: number;
+}
+
+export const DEFAULT_SECURITY: SecurityOptions = {
+  keys: new ApiKeys([]),
+  threats: { limit: 5, windowMs: 60_000, cooldownMs: 300_000 },
+  rateLimit: null,
+  corsOrigins: [],
+  trustProxy: false,
+  requestTimeoutMs: 10_000,
+  connectionTimeoutMs: 120_000,
+  handlerTimeoutMs: 15_000,
+  keepAliveTimeoutMs: 72_000,
+  maxRequestsPerSocket: 10_000,
+};
+
 export interface AppDeps {
+  readonly security?: SecurityOptions;
   readonly identify: IdentifyService;
   readonly logger: FastifyBaseLogger;
   readonly errorMessages: ErrorMessages;
@@ -34,7 +76,20 @@ function requestIdOf(request: IncomingMessage): string {
 
 /** Builds the HTTP app around its dependencies; it does not listen (see server.ts). */
 export function buildApp(deps: AppDeps): FastifyInstance {
+  const security = deps.security ?? DEFAULT_SECURITY;
   const app = Fastify({
+    trustProxy: security.trustProxy,
+    requestTimeout: security.requestTimeoutMs,
+    connectionTimeout: security.connectionTimeoutMs,
+    handlerTimeout: security.handlerTimeoutMs,
+    keepAliveTimeout: security.keepAliveTimeoutMs,
+    maxRequestsPerSocket: security.maxRequestsPerSocket,
+    // Node checks the request timeout on this interval (30 s by default): check often enough
+    // that a slow client is cut off close to REQUEST_TIMEOUT_MS.
+    http: {
+      headersTimeout: security.requestTimeoutMs,
+      connectionsCheckingInterval: Math.min(1000, security.requestTimeoutMs),
+    },
     loggerInstance: deps.logger,
     logController: new LogController({
       disableRequestLogging: true,
@@ -43,8 +98,10 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     genReqId: requestIdOf,
     requestIdHeader: false,
     bodyLimit: BODY_LIMIT_BYTES,
-    onProtoPoisoning: "error",
-    onConstructorPoisoning: "error",
+    // Kept as own properties (JSON.parse never touches the prototype) so the threat screen sees
+    // them and answers 403, as for any other attack signature.
+    onProtoPoisoning: "ignore",
+    onConstructorPoisoning: "ignore",
     ajv: {
       // Reject what does not fit instead of silently coercing or dropping it.
       customOptions: {
@@ -114,14 +171,36 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       ],
     },
   });
-  void app.register(fastifySwaggerUi, { routePrefix: "/docs" });
-  void app.register(identifyRoute, { identify: deps.identify, metrics: deps.metrics });
+  void app.register(fastifySwaggerUi, { routePrefix: "/docs", staticCSP: true });
+  void app.register(fastifyHelmet, { global: true });
+  if (security.corsOrigins.length > 0) {
+    void app.register(fastifyCors, { origin: [...security.corsOrigins] });
+  }
   void app.register(healthRoute, { readiness: deps.readiness });
   const registry = deps.metrics.registry;
-  void app.register(metricsRoute, {
-    scrape:
-      deps.scrapeMetrics ??
-      (async () => ({ contentType: registry.contentType, body: await registry.metrics() })),
+  const threats = new ThreatTracker(security.threats);
+  // The API proper: cool-down, keys, rate limit, then the attack screen, in this order.
+  void app.register(async (api) => {
+    api.addHook("onRequest", guardRequest({ keys: security.keys, threats }));
+    if (security.rateLimit !== null) {
+      await api.register(fastifyRateLimit, {
+        max: security.rateLimit.max,
+        timeWindow: security.rateLimit.windowMs,
+        keyGenerator: (request) => request.client,
+        ...(security.rateLimit.redis === null ? {} : { redis: security.rateLimit.redis }),
+        nameSpace: security.rateLimit.prefix,
+        skipOnError: true,
+        errorResponseBuilder: (_request, context) =>
+          new RateLimitedError(Math.ceil(context.ttl / 1000)),
+      });
+    }
+    api.addHook("preValidation", screenBody(threats));
+    await api.register(identifyRoute, { identify: deps.identify, metrics: deps.metrics });
+    await api.register(metricsRoute, {
+      scrape:
+        deps.scrapeMetrics ??
+        (async () => ({ contentType: registry.contentType, body: await registry.metrics() })),
+    });
   });
   app.get("/openapi.json", { schema: { hide: true } }, () => app.swagger());
   return app;

@@ -1,19 +1,42 @@
 import type { FastifyError, FastifyReply, FastifyRequest } from "fastify";
 import { InvalidInputError } from "../domain/errors.js";
 import { DatabaseError } from "../storage/errors.js";
+import { ThreatError, UnauthorizedError } from "./security.js";
 
 export type ErrorMessages = "masked" | "transparent";
 
 /** Every way a request can fail, as the HTTP layer sees it. */
 export type HttpErrorCode =
-  "INVALID_INPUT" | "PAYLOAD_TOO_LARGE" | "NOT_FOUND" | "DATABASE_FAILURE" | "INTERNAL";
+  | "INVALID_INPUT"
+  | "UNAUTHORIZED"
+  | "THREAT"
+  | "PAYLOAD_TOO_LARGE"
+  | "NOT_FOUND"
+  | "RATE_LIMITED"
+  | "DATABASE_FAILURE"
+  | "UNAVAILABLE"
+  | "INTERNAL";
+
+/** Too many requests from one client; `retryAfterSeconds` is also in the Retry-After header. */
+export class RateLimitedError extends Error {
+  readonly code = "RATE_LIMITED";
+  readonly statusCode = 429;
+  constructor(readonly retryAfterSeconds: number) {
+    super(`rate limit reached; retry after ${retryAfterSeconds}s`);
+    this.name = "RateLimitedError";
+  }
+}
 
 /** The decoy messages of the design: they tell an attacker nothing about the real cause. */
 export const MASKED_MESSAGES: Record<HttpErrorCode, string> = {
   INVALID_INPUT: "Invalid CSRF token.",
+  UNAUTHORIZED: "Unauthorized.",
+  THREAT: "Invalid CSRF token.",
   PAYLOAD_TOO_LARGE: "Invalid CSRF token.",
   NOT_FOUND: "Not found.",
+  RATE_LIMITED: "Too many requests.",
   DATABASE_FAILURE: "Request timestamp invalid.",
+  UNAVAILABLE: "Service unavailable.",
   INTERNAL: "Internal server error.",
 };
 
@@ -30,9 +53,21 @@ function classify(error: unknown): Classified {
   if (error instanceof DatabaseError) {
     return { code: "DATABASE_FAILURE", reason: error.message };
   }
+  if (error instanceof UnauthorizedError) {
+    return { code: "UNAUTHORIZED", reason: error.reason };
+  }
+  if (error instanceof ThreatError) {
+    return { code: "THREAT", reason: error.reason };
+  }
+  if (error instanceof RateLimitedError) {
+    return { code: "RATE_LIMITED", reason: error.message };
+  }
   const fastifyError = error as Partial<FastifyError>;
   if (fastifyError.validation !== undefined) {
     return { code: "INVALID_INPUT", reason: fastifyError.message ?? "body is invalid" };
+  }
+  if (fastifyError.code === "FST_ERR_HANDLER_TIMEOUT") {
+    return { code: "UNAVAILABLE", reason: "the handler timed out" };
   }
   if (fastifyError.code === "FST_ERR_CTP_BODY_TOO_LARGE") {
     return { code: "PAYLOAD_TOO_LARGE", reason: "body is larger than the limit" };
@@ -55,6 +90,14 @@ function statusOf(code: HttpErrorCode): number {
   switch (code) {
     case "INVALID_INPUT":
       return 400;
+    case "UNAUTHORIZED":
+      return 401;
+    case "THREAT":
+      return 403;
+    case "RATE_LIMITED":
+      return 429;
+    case "UNAVAILABLE":
+      return 503;
     case "NOT_FOUND":
       return 404;
     case "PAYLOAD_TOO_LARGE":
@@ -74,10 +117,13 @@ export function createErrorHandler(messages: ErrorMessages) {
   return function handleError(error: unknown, request: FastifyRequest, reply: FastifyReply) {
     const { code, reason } = classify(error);
     const status = statusOf(code);
-    if (status >= 500) {
+    if (status >= 500 && code !== "UNAVAILABLE") {
       request.log.error({ code, reason, err: error }, "request failed");
     } else {
       request.log.info({ code, reason }, "request rejected");
+    }
+    if (code === "UNAUTHORIZED") {
+      void reply.header("www-authenticate", "Bearer");
     }
     return reply.status(status).send({
       error: messages === "transparent" ? reason : MASKED_MESSAGES[code],

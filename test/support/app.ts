@@ -5,6 +5,7 @@ import type { CustomerCache } from "../../src/cache/customer-cache.js";
 import { MemoryCustomerCache } from "../../src/cache/memory.cache.js";
 import { readinessOf } from "../../src/deps.js";
 import { buildApp } from "../../src/http/app.js";
+import type { SecurityOptions } from "../../src/http/app.js";
 import { createMetrics } from "../../src/observability/metrics.js";
 import type { ErrorMessages } from "../../src/http/errors.js";
 import { IdentifyService } from "../../src/service/identify.service.js";
@@ -28,6 +29,7 @@ export async function startApp(
     /** Defaults to the in-process cache, as `npm start` runs without REDIS_URL. */
     cache?: CustomerCache;
     service?: IdentifyServiceOptions;
+    security?: SecurityOptions;
   } = {},
 ): Promise<RunningApp> {
   const logs: Record<string, unknown>[] = [];
@@ -55,6 +57,7 @@ export async function startApp(
     errorMessages: options.errorMessages ?? "masked",
     metrics,
     readiness: readinessOf(database, cache),
+    ...(options.security === undefined ? {} : { security: options.security }),
   });
   const url = await app.listen({ host: "127.0.0.1", port: 0 });
   return { app, url, logs, close: () => app.close() };

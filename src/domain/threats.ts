@@ -1,0 +1,67 @@
+/** Names of the attack signatures the service refuses with 403. */
+export type ThreatSignature =
+  | "SQL_TAUTOLOGY"
+  | "SQL_UNION"
+  | "SQL_STACKED_STATEMENT"
+  | "SQL_COMMENT"
+  | "MARKUP"
+  | "TEMPLATE"
+  | "OPERATOR"
+  | "PROTOTYPE_POLLUTION";
+
+const VALUE_SIGNATURES: [ThreatSignature, RegExp][] = [
+  // ' OR 1=1, " or 'a'='a, ' AND x=x ...: a quote, a boolean operator, a comparison.
+  ["SQL_TAUTOLOGY", /['"`]\s*\)?\s*(or|and|\|\||&&)\s+[\w'"`(]+\s*(=|<|>|like\b|is\b)/i],
+  // or 1=1, AND 2>1, or x=x: a boolean operator and a comparison of literals.
+  ["SQL_TAUTOLOGY", /\b(or|and)\s+(\d+\s*[=<>]+\s*\d+|(\w+)\s*=\s*\3\b)/i],
+  ["SQL_UNION", /\bunion\b[\s/*]+(all\b[\s/*]+)?select\b/i],
+  [
+    "SQL_STACKED_STATEMENT",
+    /;\s*(select|insert|update|delete|drop|alter|create|truncate|exec|execute|declare|shutdown|grant)\b/i,
+  ],
+  // -- followed by a space, a quote or the end; /* and */ anywhere.
+  ["SQL_COMMENT", /--(\s|$|['"`])|\/\*|\*\//],
+  [
+    "MARKUP",
+    /<\s*\/?\s*(script|iframe|img|svg|object|embed|style|link|meta)\b|javascript\s*:|\bon[a-z]+\s*=/i,
+  ],
+  ["TEMPLATE", /\{\{|\}\}|\$\{|<%|%>/],
+  ["OPERATOR", /\$(where|ne|gt|gte|lt|lte|regex|expr|function|eval|in|nin|or|and|not)\b/i],
+];
+
+const POLLUTION_KEYS = new Set(["__proto__", "constructor", "prototype"]);
+const MAX_NODES = 2000;
+
+/**
+ * The first attack signature in a parsed request body, or null. Looks at every key and every
+ * string value, at any depth (bounded). Real values pass: `o'brien@example.com`,
+ * `first+tag@example.com`, `+44 (20) 7946-0958`.
+ */
+export function findThreat(body: unknown): ThreatSignature | null {
+  const stack: unknown[] = [body];
+  let visited = 0;
+  while (stack.length > 0 && visited < MAX_NODES) {
+    const value = stack.pop();
+    visited++;
+    if (typeof value === "string") {
+      for (const [signature, pattern] of VALUE_SIGNATURES) {
+        if (pattern.test(value)) {
+          return signature;
+        }
+      }
+    } else if (Array.isArray(value)) {
+      stack.push(...(value as unknown[]));
+    } else if (typeof value === "object" && value !== null) {
+      for (const key of Object.keys(value)) {
+        if (POLLUTION_KEYS.has(key)) {
+          return "PROTOTYPE_POLLUTION";
+        }
+        if (key.startsWith("$")) {
+          return "OPERATOR";
+        }
+        stack.push(key, (value as Record<string, unknown>)[key]);
+      }
+    }
+  }
+  return null;
+}

@@ -1,0 +1,278 @@
+import assert from "node:assert/strict";
+import { connect } from "node:net";
+import { after, before, describe, it } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { Redis } from "ioredis";
+import { DEFAULT_SECURITY } from "../../src/http/app.js";
+import type { SecurityOptions } from "../../src/http/app.js";
+import { ApiKeys, hashApiKey } from "../../src/http/security.js";
+import { openDatabase } from "../../src/storage/database.js";
+import type { Database } from "../../src/storage/database.js";
+import { startApp } from "../support/app.js";
+import { allContacts, createTestDatabase, openMigrated } from "../support/databases.js";
+import type { TestDatabase } from "../support/databases.js";
+import { deleteKeys, testRedisUrl, uniquePrefix } from "../support/redis.js";
+import { postIdentify } from "../support/server.js";
+
+const MASKED = "Invalid CSRF token.";
+
+function security(overrides: Partial<SecurityOptions>): SecurityOptions {
+  return { ...DEFAULT_SECURITY, ...overrides };
+}
+
+describe("hostile traffic", () => {
+  let test: TestDatabase;
+  let database: Database;
+
+  before(async () => {
+    test = await createTestDatabase("sqlite");
+    database = await openMigrated(test);
+  });
+
+  after(async () => {
+    await database.destroy();
+    await test.drop();
+  });
+
+  it("answers attack signatures with 403 and the masked message, writes nothing, and lets real values through", async () => {
+    const running = await startApp(database, {
+      security: security({ threats: { limit: 1000, windowMs: 60_000, cooldownMs: 1000 } }),
+    });
+    try {
+      const attacks: { body?: unknown; raw?: string }[] = [
+        { body: { email: "' OR 1=1 --" } },
+        { body: { email: "x@y.co' UNION SELECT email FROM Contact" } },
+        { body: { phoneNumber: "1234; DROP TABLE Contact" } },
+        { body: { email: "admin@hillvalley.edu'--" } },
+        { body: { email: "a/**/@hillvalley.edu" } },
+        { body: { email: "<script>alert(1)</script>@hillvalley.edu" } },
+        { body: { email: "{{7*7}}@hillvalley.edu" } },
+        { body: { email: { $where: "1" } } },
+        { body: { email: "$where@hillvalley.edu" } },
+        { raw: '{"__proto__":{"admin":true},"email":"lorraine@hillvalley.edu"}' },
+        { raw: '{"constructor":{"prototype":{"admin":true}}}' },
+        { raw: '{"email":"lorraine@hillvalley.edu","prototype":1}' },
+      ];
+      const before = await allContacts(database);
+      for (const attack of attacks) {
+        const response = await postIdentify(
+          running.url,
+          attack.body,
+          attack.raw === undefined ? {} : { raw: attack.raw },
+        );
+        const requestId = response.headers.get("x-request-id");
+        assert.equal(response.status, 403, JSON.stringify(attack));
+        assert.deepEqual(response.body, { error: MASKED, requestId });
+        const logged = running.logs.find((line) => line.requestId === requestId);
+        assert.equal(logged?.code, "THREAT");
+        assert.match(String(logged.reason), /^attack signature [A-Z_]+$/);
+      }
+      assert.deepEqual(await allContacts(database), before);
+
+      for (const body of [
+        { email: "o'brien@example.com" },
+        { email: "first+tag@example.com" },
+        { phoneNumber: "+44 (20) 7946-0958" },
+        { email: "o'brien@example.com", phoneNumber: "+44 (20) 7946-0958" },
+      ]) {
+        const response = await postIdentify(running.url, body);
+        assert.equal(response.status, 200, JSON.stringify(body));
+      }
+    } finally {
+      await running.close();
+    }
+  });
+
+  it("refuses a client that earned several 403s for the cool-down, before any database work", async () => {
+    // A database that cannot be reached: any database work would answer 500, not 403.
+    const unreachable = openDatabase(
+      { dialect: "postgres", url: "postgres://root@127.0.0.1:1/nowhere" },
+      { poolSize: 1, lockTimeoutMs: 1000 },
+    );
+    const running = await startApp(unreachable, {
+      security: security({ threats: { limit: 3, windowMs: 10_000, cooldownMs: 1500 } }),
+    });
+    try {
+      const valid = { email: "lorraine@hillvalley.edu" };
+      assert.equal(
+        (await postIdentify(running.url, valid)).status,
+        500,
+        "database work is done normally",
+      );
+      for (let i = 0; i < 3; i++) {
+        assert.equal((await postIdentify(running.url, { email: "' or 1=1 --" })).status, 403);
+      }
+      const cooling = await postIdentify(running.url, valid);
+      assert.equal(cooling.status, 403);
+      assert.deepEqual(cooling.body, {
+        error: MASKED,
+        requestId: cooling.headers.get("x-request-id"),
+      });
+      await sleep(1700);
+      assert.equal((await postIdentify(running.url, valid)).status, 500, "cool-down over");
+    } finally {
+      await running.close();
+      await unreachable.destroy();
+    }
+  });
+
+  it("requires a bearer key when keys are configured, compared against their digests", async () => {
+    const key = "shop-backend-7f3a9c2e41d8";
+    const running = await startApp(database, {
+      security: security({
+        keys: new ApiKeys([hashApiKey(key), hashApiKey("another-key-0000000000")]),
+      }),
+    });
+    try {
+      const body = { email: "keyed@hillvalley.edu" };
+      const attempts: Record<string, string>[] = [
+        {},
+        { authorization: "Bearer wrong-key-but-long-enough" },
+        { authorization: key },
+      ];
+      for (const headers of attempts) {
+        const response = await postIdentify(running.url, body, { headers });
+        assert.equal(response.status, 401, JSON.stringify(headers));
+        assert.deepEqual(response.body, {
+          error: "Unauthorized.",
+          requestId: response.headers.get("x-request-id"),
+        });
+        assert.equal(response.headers.get("www-authenticate"), "Bearer");
+      }
+      const allowed = await postIdentify(running.url, body, {
+        headers: { authorization: `Bearer ${key}` },
+      });
+      assert.equal(allowed.status, 200);
+      assert.equal((await fetch(`${running.url}/metrics`)).status, 401);
+      assert.equal(
+        (await fetch(`${running.url}/metrics`, { headers: { authorization: `Bearer ${key}` } }))
+          .status,
+        200,
+      );
+      assert.equal((await fetch(`${running.url}/healthz`)).status, 200);
+      assert.equal((await fetch(`${running.url}/readyz`)).status, 200);
+    } finally {
+      await running.close();
+    }
+  });
+
+  const redisUrl = testRedisUrl();
+  for (const store of redisUrl === null ? ["in-process"] : ["in-process", "redis"]) {
+    it(`answers 429 with Retry-After over the limit, and serves again after the window (${store})`, async () => {
+      const redis = store === "redis" && redisUrl !== null ? new Redis(redisUrl) : null;
+      const prefix = uniquePrefix();
+      const running = await startApp(database, {
+        security: security({ rateLimit: { max: 3, windowMs: 1500, redis, prefix } }),
+      });
+      try {
+        const body = { email: `limited-${store}@hillvalley.edu` };
+        for (let i = 0; i < 3; i++) {
+          assert.equal((await postIdentify(running.url, body)).status, 200);
+        }
+        const limited = await postIdentify(running.url, body);
+        assert.equal(limited.status, 429);
+        assert.deepEqual(limited.body, {
+          error: "Too many requests.",
+          requestId: limited.headers.get("x-request-id"),
+        });
+        const retryAfter = Number(limited.headers.get("retry-after"));
+        assert.ok(retryAfter >= 1 && retryAfter <= 2, `retry-after ${retryAfter}`);
+        assert.equal((await fetch(`${running.url}/healthz`)).status, 200, "health is not limited");
+        await sleep(1700);
+        assert.equal((await postIdentify(running.url, body)).status, 200);
+      } finally {
+        await running.close();
+        if (redis !== null) {
+          await deleteKeys(redisUrl ?? "", prefix);
+          redis.disconnect();
+        }
+      }
+    });
+  }
+
+  it("cuts off a client that trickles its request (slow loris) within the request timeout", async () => {
+    const running = await startApp(database, { security: security({ requestTimeoutMs: 1000 }) });
+    try {
+      const { port } = new URL(running.url);
+      const socket = connect(Number(port), "127.0.0.1");
+      const started = Date.now();
+      const closed = new Promise<number>((resolve) => {
+        socket.on("close", () => {
+          resolve(Date.now() - started);
+        });
+      });
+      socket.on("error", () => undefined);
+      const header = "POST /identify HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n";
+      let i = 0;
+      const timer = setInterval(() => {
+        if (!socket.destroyed && i < header.length) {
+          socket.write(header[i++] ?? "");
+        }
+      }, 100);
+      const elapsed = await closed;
+      clearInterval(timer);
+      assert.ok(elapsed >= 900 && elapsed < 3000, `closed after ${elapsed} ms`);
+    } finally {
+      await running.close();
+    }
+  });
+
+  it("sends security headers, no X-Powered-By, and no CORS headers unless origins are configured", async () => {
+    const closed = await startApp(database);
+    const open = await startApp(database, {
+      security: security({ corsOrigins: ["https://shop.example.com"] }),
+    });
+    try {
+      const response = await fetch(`${closed.url}/healthz`, {
+        headers: { origin: "https://evil.example.com" },
+      });
+      assert.equal(response.headers.get("x-content-type-options"), "nosniff");
+      assert.ok(response.headers.get("strict-transport-security"));
+      assert.ok(response.headers.get("x-frame-options"));
+      assert.equal(response.headers.get("x-powered-by"), null);
+      assert.equal(response.headers.get("access-control-allow-origin"), null);
+
+      const preflight = await fetch(`${open.url}/identify`, {
+        method: "OPTIONS",
+        headers: {
+          origin: "https://shop.example.com",
+          "access-control-request-method": "POST",
+          "access-control-request-headers": "content-type",
+        },
+      });
+      assert.equal(
+        preflight.headers.get("access-control-allow-origin"),
+        "https://shop.example.com",
+      );
+      const other = await fetch(`${open.url}/healthz`, {
+        headers: { origin: "https://evil.example.com" },
+      });
+      assert.equal(other.headers.get("access-control-allow-origin"), null);
+    } finally {
+      await closed.close();
+      await open.close();
+    }
+  });
+
+  it("logs no email or phone in clear at info level", async () => {
+    const running = await startApp(database);
+    try {
+      const emails = ["privacy.one@hillvalley.edu", "privacy.two@hillvalley.edu"];
+      const phones = ["5550123987", "5550456987"];
+      await postIdentify(running.url, { email: emails[0], phoneNumber: phones[0] });
+      await postIdentify(running.url, { email: emails[1], phoneNumber: phones[0] });
+      await postIdentify(running.url, { email: emails[0], phoneNumber: phones[1] });
+      await postIdentify(running.url, { [emails[1] ?? ""]: phones[1] }); // values as a key
+      await postIdentify(running.url, { email: `${emails[0]}' or 1=1 --` });
+      await postIdentify(running.url, { email: "not-an-email", phoneNumber: phones[1] });
+      await postIdentify(running.url, {}, { raw: `{"email":"${emails[1]}"` });
+      const text = JSON.stringify(running.logs);
+      assert.ok(running.logs.length >= 4, "the rejections were logged");
+      for (const value of [...emails, ...phones]) {
+        assert.ok(!text.includes(value), `${value} appears in the log`);
+      }
+    } finally {
+      await running.close();
+    }
+  });
+});
