@@ -30,7 +30,9 @@ local digest = redis.call('GET', KEYS[1])
 if not digest then return nil end
 if KEYS[2] ~= KEYS[1] and redis.call('GET', KEYS[2]) ~= digest then return nil end
 local entry = redis.call('GET', ARGV[1] .. digest)
-if entry then return {digest, entry} end
+-- A floor marker ({"floor":n}, left by a writer whose publication failed) is no answer: a miss
+-- with a ticket, whose fill must bring version n or newer. No customer JSON contains '"floor"'.
+if entry and not string.find(entry, '"floor"', 1, true) then return {digest, entry} end
 local generationKey = ARGV[1] .. 'gen:' .. digest
 local generation = redis.call('GET', generationKey)
 if not generation then
@@ -50,6 +52,7 @@ local function newer(key, version)
   if not current then return true end
   local entry = cjson.decode(current)
   if entry.demoted then return false end
+  if entry.floor then return version >= entry.floor end
   return #entry.secondaryContactIds + 1 < version
 end
 `;
@@ -83,6 +86,19 @@ end
 return 1
 `;
 
+// KEYS: customer key, generation key. ARGV: "floor" or "tombstone", version, TTL, generation TTL,
+// new token. Pays a publication that failed: a tombstone, or a floor that refuses any entry older
+// than the version the writer answered with (an older entry there is dropped).
+const SETTLE_SCRIPT = `${NEWER}
+redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[4])
+if ARGV[1] == 'tombstone' then
+  redis.call('SET', KEYS[1], '{"demoted":true}', 'EX', ARGV[3])
+elseif newer(KEYS[1], tonumber(ARGV[2])) then
+  redis.call('SET', KEYS[1], cjson.encode({floor = tonumber(ARGV[2])}), 'EX', ARGV[3])
+end
+return 1
+`;
+
 interface ScriptedRedis {
   identityLookup(
     indexKey1: string,
@@ -106,6 +122,9 @@ interface ScriptedRedis {
   identityPublish(keyCount: number, ...keysAndArgs: (string | number)[]): Promise<number>;
 }
 
+/** A publication owed to Redis: a floor at the version answered, or a tombstone. */
+type Debt = { readonly kind: "floor"; readonly version: number } | { readonly kind: "tombstone" };
+
 /**
  * The cache in Redis, shared by every instance. Redis is an accelerator: commands time out after
  * `timeoutMs`, nothing is queued while it is disconnected (ioredis reconnects on its own), and
@@ -119,7 +138,7 @@ export class RedisCustomerCache implements CustomerCache {
   private readonly scripted: ScriptedRedis;
   private readonly counters = emptyStats();
   /** Writes owed to Redis: per primary id, drop its entry or make it a tombstone. */
-  private readonly pending = new Map<number, "drop" | "tombstone">();
+  private readonly pending = new Map<number, Debt>();
   private retryTimer: NodeJS.Timeout | null = null;
   private reachable = true;
 
@@ -138,6 +157,7 @@ export class RedisCustomerCache implements CustomerCache {
     this.redis.defineCommand("identityLookup", { numberOfKeys: 2, lua: LOOKUP_SCRIPT });
     this.redis.defineCommand("identityFill", { numberOfKeys: 4, lua: FILL_SCRIPT });
     this.redis.defineCommand("identityPublish", { lua: PUBLISH_SCRIPT });
+    this.redis.defineCommand("identitySettle", { numberOfKeys: 2, lua: SETTLE_SCRIPT });
     this.scripted = this.redis as unknown as ScriptedRedis;
     this.redis.on("error", (error: Error) => {
       this.markUnavailable(error.message);
@@ -276,39 +296,44 @@ export class RedisCustomerCache implements CustomerCache {
     request: IdentifyRequest,
   ): Promise<void> {
     const primaryId = customer.primaryContactId;
-    const owed: [number, "drop" | "tombstone"][] = [
-      [primaryId, "drop"],
-      ...demotedPrimaryIds.map((id): [number, "tombstone"] => [id, "tombstone"]),
-    ];
-    try {
-      const digest = customerDigest(primaryId);
-      const [index1, index2] = this.indexKeys(request);
-      const keys = [this.key(digest), this.generationKey(digest), index1, index2];
-      for (const id of demotedPrimaryIds) {
-        const demoted = customerDigest(id);
-        keys.push(this.key(demoted), this.generationKey(demoted));
-      }
-      await this.scripted.identityPublish(
-        keys.length,
-        ...keys,
-        JSON.stringify(customer),
-        this.options.ttlSeconds,
-        digest,
-        this.generationTtl,
-        versionOf(customer),
-        randomUUID(),
-        TOMBSTONE,
-      );
-      this.counters.publications += owed.length;
-    } catch (error) {
-      // Lookups of concurrent requests may still see the old entry (they overlap this write); from
-      // now on, until the debt is paid, this instance does not read the cache at all.
-      for (const [id, action] of owed) {
-        this.pending.set(id, action);
-      }
-      this.failed(error);
-      this.scheduleRetry();
+    const version = versionOf(customer);
+    const digest = customerDigest(primaryId);
+    const [index1, index2] = this.indexKeys(request);
+    const keys = [this.key(digest), this.generationKey(digest), index1, index2];
+    for (const id of demotedPrimaryIds) {
+      const demoted = customerDigest(id);
+      keys.push(this.key(demoted), this.generationKey(demoted));
     }
+    // A publication is what keeps other instances from answering the old state: try twice
+    // before answering without it.
+    let failure: unknown = null;
+    for (let attempt = 0; attempt < 2; attempt++) {
+      try {
+        await this.scripted.identityPublish(
+          keys.length,
+          ...keys,
+          JSON.stringify(customer),
+          this.options.ttlSeconds,
+          digest,
+          this.generationTtl,
+          version,
+          randomUUID(),
+          TOMBSTONE,
+        );
+        this.counters.publications += 1 + demotedPrimaryIds.length;
+        return;
+      } catch (error) {
+        failure = error;
+      }
+    }
+    // Owed from now on: a floor at this version (so no older entry can stay or be stored) and the
+    // tombstones. Until they are paid this instance does not read the cache at all.
+    this.pending.set(primaryId, { kind: "floor", version });
+    for (const id of demotedPrimaryIds) {
+      this.pending.set(id, { kind: "tombstone" });
+    }
+    this.failed(failure);
+    this.scheduleRetry();
   }
 
   stats(): CacheStats {
@@ -335,19 +360,25 @@ export class RedisCustomerCache implements CustomerCache {
     return this.pending.size;
   }
 
-  /** Drops or tombstones the owed customers, each with a new generation. */
-  private async settle(owed: readonly [number, "drop" | "tombstone"][]): Promise<void> {
-    const transaction = this.redis.multi();
-    for (const [id, action] of owed) {
+  /** Pays the owed publications: floors and tombstones, each with a new generation. */
+  private async settle(owed: readonly [number, Debt][]): Promise<void> {
+    const pipeline = this.redis.multi() as unknown as {
+      identitySettle(...args: (string | number)[]): unknown;
+      exec(): Promise<[Error | null, unknown][] | null>;
+    };
+    for (const [id, debt] of owed) {
       const digest = customerDigest(id);
-      transaction.set(this.generationKey(digest), randomUUID(), "EX", this.generationTtl);
-      if (action === "drop") {
-        transaction.del(this.key(digest));
-      } else {
-        transaction.set(this.key(digest), TOMBSTONE, "EX", this.options.ttlSeconds);
-      }
+      pipeline.identitySettle(
+        this.key(digest),
+        this.generationKey(digest),
+        debt.kind,
+        debt.kind === "floor" ? debt.version : 0,
+        this.options.ttlSeconds,
+        this.generationTtl,
+        randomUUID(),
+      );
     }
-    const results = await transaction.exec();
+    const results = await pipeline.exec();
     const failure = results?.find(([error]) => error !== null)?.[0];
     if (results === null || failure) {
       throw failure ?? new Error("redis transaction aborted");
@@ -361,8 +392,8 @@ export class RedisCustomerCache implements CustomerCache {
     const owed = [...this.pending];
     try {
       await this.settle(owed);
-      for (const [id, action] of owed) {
-        if (this.pending.get(id) === action) {
+      for (const [id, debt] of owed) {
+        if (this.pending.get(id) === debt) {
           this.pending.delete(id);
         }
       }

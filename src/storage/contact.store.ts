@@ -10,16 +10,10 @@ import type { Database, DialectName } from "./database.js";
 import { DatabaseError } from "./errors.js";
 import type { ContactRow, DB } from "./schema.js";
 
-const CONTACT_COLUMNS = [
-  "id",
-  "email",
-  "phoneNumber",
-  "linkedId",
-  "linkPrecedence",
-  "createdAt",
-] as const;
-
-type ContactColumns = Pick<ContactRow, (typeof CONTACT_COLUMNS)[number]>;
+type ContactColumns = Pick<
+  ContactRow,
+  "id" | "email" | "phoneNumber" | "linkedId" | "linkPrecedence" | "createdAt"
+>;
 
 export interface RetryPolicy {
   /** Attempts in all, the first included. */
@@ -99,27 +93,38 @@ class LockTimeoutError extends Error {
 }
 
 async function findCustomers(db: Kysely<DB>, request: IdentifyRequest): Promise<Contact[]> {
-  // Fixed shape: an absent field is bound as NULL, and `column = NULL` matches nothing.
+  // Fixed shape: an absent field is bound as NULL, and `column = NULL` matches nothing. Joins (not
+  // IN subqueries) so that every planner looks the members up by id and by linkedId through
+  // their indexes: MariaDB scanned the table for `linkedId IN (subquery)`.
+  const columns = [
+    "Contact.id",
+    "Contact.email",
+    "Contact.phoneNumber",
+    "Contact.linkedId",
+    "Contact.linkPrecedence",
+    "Contact.createdAt",
+  ] as const;
   const rows = await db
     .with("matched", (qb) =>
       qb
         .selectFrom("Contact")
         .select(sql<number>`coalesce(${sql.ref("linkedId")}, ${sql.ref("id")})`.as("pid"))
+        .distinct()
         .where("deletedAt", "is", null)
         .where((eb) =>
           eb.or([eb("email", "=", request.email), eb("phoneNumber", "=", request.phoneNumber)]),
         ),
     )
-    .selectFrom("Contact")
-    .select(CONTACT_COLUMNS)
-    .where("deletedAt", "is", null)
-    .where("id", "in", (eb) => eb.selectFrom("matched").select("pid"))
+    .selectFrom("matched")
+    .innerJoin("Contact", "Contact.id", "matched.pid")
+    .select(columns)
+    .where("Contact.deletedAt", "is", null)
     .union((eb) =>
       eb
-        .selectFrom("Contact")
-        .select(CONTACT_COLUMNS)
-        .where("deletedAt", "is", null)
-        .where("linkedId", "in", (inner) => inner.selectFrom("matched").select("pid")),
+        .selectFrom("matched")
+        .innerJoin("Contact", "Contact.linkedId", "matched.pid")
+        .select(columns)
+        .where("Contact.deletedAt", "is", null),
     )
     .execute();
   return rows.map(toContact);

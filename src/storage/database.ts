@@ -34,6 +34,8 @@ export interface DatabaseOptions {
   readonly lockTimeoutMs: number;
   /** SQLite only: FULL syncs the WAL at every COMMIT; NORMAL (default) at checkpoints. */
   readonly sqliteSynchronous?: "full" | "normal";
+  /** Told every statement sent, with its parameters (for tests and diagnostics). */
+  readonly onStatement?: (sql: string, parameters: readonly unknown[]) => void;
   /** Told when the server drops an idle pooled connection (PostgreSQL); nothing is lost. */
   readonly onIdleConnectionError?: (error: Error) => void;
 }
@@ -250,7 +252,17 @@ class ImmediateSqliteDialect extends SqliteDialect {
 /** Opens (lazily: no connection is made until the first query) the database at `target`. */
 export function openDatabase(target: DatabaseTarget, options: DatabaseOptions): Database {
   const created = createDialect(target, options);
-  const db = new Kysely<DB>({ dialect: created.dialect });
+  const { onStatement } = options;
+  const db = new Kysely<DB>({
+    dialect: created.dialect,
+    ...(onStatement === undefined
+      ? {}
+      : {
+          log: (event) => {
+            onStatement(event.query.sql, event.query.parameters);
+          },
+        }),
+  });
   return {
     db,
     dialect: target.dialect,

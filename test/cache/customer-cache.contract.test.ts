@@ -8,7 +8,13 @@ import type { CustomerCache } from "../../src/cache/customer-cache.js";
 import { MemoryCustomerCache } from "../../src/cache/memory.cache.js";
 import { RedisCustomerCache } from "../../src/cache/redis.cache.js";
 import type { Customer, IdentifyRequest } from "../../src/domain/contact.js";
-import { deleteKeys, keysUnder, testRedisUrl, uniquePrefix } from "../support/redis.js";
+import {
+  deleteKeys,
+  keysUnder,
+  startOwnRedis,
+  testRedisUrl,
+  uniquePrefix,
+} from "../support/redis.js";
 
 interface Adapter {
   readonly name: string;
@@ -250,6 +256,44 @@ if (redisUrl !== null) {
       } finally {
         redis.disconnect();
         await cache.close();
+      }
+    });
+
+    it("leaves a floor when a publication fails, so no older version is stored or served afterwards", async () => {
+      const own = await startOwnRedis();
+      const options = { url: own.url, prefix: "identity:v1:", ttlSeconds: 3600, timeoutMs: 100 };
+      const writer = new RedisCustomerCache(options);
+      const other = new RedisCustomerCache(options);
+      try {
+        assert.ok(await writer.waitUntilReady(5000));
+        assert.ok(await other.waitUntilReady(5000));
+        const { request, customer } = fresh();
+        const v6: Customer = { ...customer, secondaryContactIds: [1, 2, 3, 4, 5] };
+        const v7: Customer = { ...customer, secondaryContactIds: [1, 2, 3, 4, 5, 6] };
+        await own.stop();
+        await writer.publish(v7, [], request); // fails: the writer owes a floor at version 7
+        assert.equal(writer.pendingInvalidations(), 1);
+        await own.start();
+        for (let i = 0; i < 50 && writer.pendingInvalidations() > 0; i++) {
+          await sleep(100);
+        }
+        assert.equal(writer.pendingInvalidations(), 0, "the debt is paid once Redis is back");
+        assert.ok(await other.waitUntilReady(5000));
+        // Another instance's publication of the older state arrives late: refused by the floor.
+        await other.publish(v6, [], request);
+        const miss = await other.lookup(request);
+        assert.equal(miss.customer, null);
+        assert.ok(miss.ticket);
+        await other.fill(miss.ticket, v6, request);
+        assert.equal((await other.lookup(request)).customer, null, "the older state is refused");
+        const again = await other.lookup(request);
+        assert.ok(again.ticket);
+        await other.fill(again.ticket, v7, request);
+        assert.deepEqual((await other.lookup(request)).customer, v7);
+      } finally {
+        await writer.close();
+        await other.close();
+        await own.stop();
       }
     });
 

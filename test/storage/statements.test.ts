@@ -1,0 +1,185 @@
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { CompiledQuery } from "kysely";
+import { NoCache } from "../../src/cache/customer-cache.js";
+import { MemoryCustomerCache } from "../../src/cache/memory.cache.js";
+import type { IdentifyRequest } from "../../src/domain/contact.js";
+import { IdentifyService } from "../../src/service/identify.service.js";
+import { SqlContactStore } from "../../src/storage/contact.store.js";
+import { openDatabase } from "../../src/storage/database.js";
+import type { Database, DialectName } from "../../src/storage/database.js";
+import { migrateToLatest } from "../../src/storage/migrate.js";
+import { createTestDatabase, dialectsUnderTest } from "../support/databases.js";
+import type { TestDatabase } from "../support/databases.js";
+
+interface Statement {
+  readonly sql: string;
+  readonly parameters: readonly unknown[];
+}
+
+/**
+ * The statements each outcome sends, pinned: a change in the number of round trips must show up
+ * here (and in the README's table).
+ */
+const EXPECTED: Record<string, Record<DialectName, number>> = {
+  "repeat, cached": { sqlite: 0, mysql: 0, postgres: 0 },
+  "repeat, not cached": { sqlite: 1, mysql: 1, postgres: 1 },
+  "new customer": { sqlite: 5, mysql: 7, postgres: 6 },
+  "new secondary": { sqlite: 5, mysql: 8, postgres: 7 },
+  merge: { sqlite: 5, mysql: 9, postgres: 8 },
+};
+
+const VERBS = /^\s*(select|update|insert|delete|with)\b/i;
+
+for (const dialect of dialectsUnderTest()) {
+  describe(`statements on ${dialect}`, () => {
+    let test: TestDatabase;
+    let database: Database;
+    let recording: Statement[] | null = null;
+    let seq = 0;
+
+    before(async () => {
+      test = await createTestDatabase(dialect);
+      database = openDatabase(test.target, {
+        poolSize: 3,
+        lockTimeoutMs: 5000,
+        onStatement: (sql, parameters) => {
+          recording?.push({ sql, parameters });
+        },
+      });
+      await migrateToLatest(database);
+      // Enough rows that a planner would rather scan than use a missing index.
+      const service = new IdentifyService(new SqlContactStore(database), new NoCache());
+      for (let i = 0; i < 300; i++) {
+        await service.identify({
+          email: `filler${i}@example.com`,
+          phoneNumber: `+1800${String(i).padStart(6, "0")}`,
+        });
+      }
+    });
+
+    after(async () => {
+      await database.destroy();
+      await test.drop();
+    });
+
+    async function record(work: () => Promise<unknown>): Promise<Statement[]> {
+      recording = [];
+      await work();
+      const statements = recording;
+      recording = null;
+      return statements;
+    }
+
+    function fresh(): { email: string; phone: string } {
+      seq++;
+      return {
+        email: `s${seq}.${dialect}@example.com`,
+        phone: `+1555${String(seq).padStart(6, "0")}`,
+      };
+    }
+
+    /** Runs every outcome once for a fresh set of identifiers; returns the statements of each. */
+    async function outcomes(): Promise<Record<string, Statement[]>> {
+      const cache = new MemoryCustomerCache({ ttlSeconds: 3600, maxEntries: 1000 });
+      const service = new IdentifyService(new SqlContactStore(database), cache);
+      const uncached = new IdentifyService(new SqlContactStore(database), new NoCache());
+      const a = fresh();
+      const b = fresh();
+      const c = fresh();
+      const req = (email: string | null, phoneNumber: string | null): IdentifyRequest => ({
+        email,
+        phoneNumber,
+      });
+      const result: Record<string, Statement[]> = {};
+      result["new customer"] = await record(() => service.identify(req(a.email, a.phone)));
+      result["repeat, cached"] = await record(() => service.identify(req(a.email, a.phone)));
+      result["repeat, not cached"] = await record(() => uncached.identify(req(a.email, a.phone)));
+      result["new secondary"] = await record(() => service.identify(req(b.email, a.phone)));
+      await service.identify(req(c.email, c.phone));
+      result.merge = await record(() => service.identify(req(a.email, c.phone)));
+      return result;
+    }
+
+    it("sends the pinned number of statements for each outcome", async () => {
+      const counts = Object.fromEntries(
+        Object.entries(await outcomes()).map(([outcome, statements]) => [
+          outcome,
+          statements.length,
+        ]),
+      );
+      const expected = Object.fromEntries(
+        Object.entries(EXPECTED).map(([o, byDialect]) => [o, byDialect[dialect]]),
+      );
+      assert.deepEqual(counts, expected);
+    });
+
+    it("sends the same statement texts for different requests with the same outcome, values only as parameters", async () => {
+      const first = await outcomes();
+      const second = await outcomes();
+      for (const outcome of Object.keys(first)) {
+        assert.deepEqual(
+          second[outcome]?.map((s) => s.sql),
+          first[outcome]?.map((s) => s.sql),
+          outcome,
+        );
+      }
+      for (const statement of Object.values(first).flat()) {
+        assert.doesNotMatch(statement.sql, /@example\.com|\+1555/, "no value in the text");
+      }
+    });
+
+    it("uses an index for every statement it sends (no full scan of Contact)", async () => {
+      const statements = Object.values(await outcomes())
+        .flat()
+        // Inserts read nothing (MySQL's EXPLAIN calls them type ALL all the same).
+        .filter((s) => VERBS.test(s.sql) && /contact/i.test(s.sql) && !/^\s*insert\b/i.test(s.sql));
+      assert.ok(statements.length >= 5);
+      for (const statement of statements) {
+        const plan = await explain(database, statement);
+        assert.doesNotMatch(plan, fullScan(dialect), `${statement.sql}\n${plan}`);
+      }
+    });
+  });
+}
+
+function fullScan(dialect: DialectName): RegExp {
+  switch (dialect) {
+    case "sqlite":
+      return /SCAN Contact(?! USING)/;
+    case "postgres":
+      return /"Node Type": "Seq Scan",[^}]*"Relation Name": "Contact"/;
+    case "mysql":
+      return /"table":"Contact"[^}]*"type":"ALL"|"type":"ALL"[^}]*"table":"Contact"/;
+  }
+}
+
+async function explain(database: Database, statement: Statement): Promise<string> {
+  const run = async (text: string, parameters: readonly unknown[]) =>
+    (await database.db.executeQuery(CompiledQuery.raw(text, [...parameters]))).rows;
+  switch (database.dialect) {
+    case "sqlite":
+      return JSON.stringify(
+        await run(`explain query plan ${statement.sql}`, statement.parameters),
+      ).replace(/\\"/g, '"');
+    case "postgres":
+      return database.db.connection().execute(async (conn) => {
+        // On a small table PostgreSQL prefers a scan anyway; forbid it to see whether an index path exists.
+        await conn.executeQuery(CompiledQuery.raw("set enable_seqscan = off"));
+        try {
+          const rows = (
+            await conn.executeQuery(
+              CompiledQuery.raw(`explain (format json) ${statement.sql}`, [
+                ...statement.parameters,
+              ]),
+            )
+          ).rows;
+          return JSON.stringify(rows, null, 1).replace(/\s+/g, " ").replace(/\\"/g, '"');
+        } finally {
+          await conn.executeQuery(CompiledQuery.raw("set enable_seqscan = on"));
+        }
+      });
+    case "mysql":
+      return JSON.stringify(await run(`explain ${statement.sql}`, statement.parameters));
+  }
+}
