@@ -81,7 +81,6 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     trustProxy: security.trustProxy,
     requestTimeout: security.requestTimeoutMs,
     connectionTimeout: security.connectionTimeoutMs,
-    handlerTimeout: security.handlerTimeoutMs,
     keepAliveTimeout: security.keepAliveTimeoutMs,
     maxRequestsPerSocket: security.maxRequestsPerSocket,
     // Node checks the request timeout on this interval (30 s by default): check often enough
@@ -195,7 +194,11 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       });
     }
     api.addHook("preValidation", screenBody(threats));
-    await api.register(identifyRoute, { identify: deps.identify, metrics: deps.metrics });
+    await api.register(identifyRoute, {
+      identify: deps.identify,
+      metrics: deps.metrics,
+      timeoutMs: security.handlerTimeoutMs,
+    });
     await api.register(metricsRoute, {
       scrape:
         deps.scrapeMetrics ??

@@ -66,7 +66,7 @@ function classify(error: unknown): Classified {
   if (fastifyError.validation !== undefined) {
     return { code: "INVALID_INPUT", reason: fastifyError.message ?? "body is invalid" };
   }
-  if (fastifyError.code === "FST_ERR_HANDLER_TIMEOUT") {
+  if (fastifyError.code === "HANDLER_TIMEOUT" || fastifyError.code === "FST_ERR_HANDLER_TIMEOUT") {
     return { code: "UNAVAILABLE", reason: "the handler timed out" };
   }
   if (fastifyError.code === "FST_ERR_CTP_BODY_TOO_LARGE") {

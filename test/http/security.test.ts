@@ -3,6 +3,7 @@ import { connect } from "node:net";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Redis } from "ioredis";
+import { NoCache } from "../../src/cache/customer-cache.js";
 import { DEFAULT_SECURITY } from "../../src/http/app.js";
 import type { SecurityOptions } from "../../src/http/app.js";
 import { ApiKeys, hashApiKey } from "../../src/http/security.js";
@@ -213,6 +214,39 @@ describe("hostile traffic", () => {
       clearInterval(timer);
       assert.ok(elapsed >= 900 && elapsed < 3000, `closed after ${elapsed} ms`);
     } finally {
+      await running.close();
+    }
+  });
+
+  it("answers 503 when the handler does not answer within its timeout", async () => {
+    let slow = false;
+    const running = await startApp(database, {
+      security: security({ handlerTimeoutMs: 200 }),
+      service: {
+        beforeCacheFill: async () => {
+          if (slow) {
+            await sleep(600);
+          }
+        },
+      },
+    });
+    // Created elsewhere, so that this instance reads it from the database (and then waits).
+    const elsewhere = await startApp(database, { cache: new NoCache() });
+    try {
+      const body = { email: "slow@hillvalley.edu" };
+      assert.equal((await postIdentify(elsewhere.url, body)).status, 200);
+      assert.equal((await postIdentify(running.url, body)).status, 200); // learns the index
+      slow = true;
+      const started = Date.now();
+      const response = await postIdentify(running.url, { email: "slow@hillvalley.edu" });
+      assert.equal(response.status, 503);
+      assert.deepEqual(response.body, {
+        error: "Service unavailable.",
+        requestId: response.headers.get("x-request-id"),
+      });
+      assert.ok(Date.now() - started < 550, "answered at the timeout, not when the work ended");
+    } finally {
+      await elsewhere.close();
       await running.close();
     }
   });
