@@ -1,4 +1,5 @@
 /** The benchmark's population and request mix, generated client-side from a seed. */
+import { seededRandom } from "../test/support/invariants.js";
 
 export interface Body {
   email?: string;
@@ -12,17 +13,6 @@ interface Person {
 
 /** The mix of the issue: 85% repeats, 10% new information, 4% new customers, 1% bridges. */
 export const MIX = { repeat: 0.85, newInfo: 0.1, newCustomer: 0.04, bridge: 0.01 } as const;
-
-export function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 export class Workload {
   private readonly people: Person[] = [];
