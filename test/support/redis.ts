@@ -98,6 +98,7 @@ export async function startOwnRedis(): Promise<OwnRedis> {
         lazyConnect: true,
         retryStrategy: () => null,
       });
+      probe.on("error", () => undefined);
       try {
         await probe.connect();
         await probe.ping();
