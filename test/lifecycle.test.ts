@@ -1,12 +1,10 @@
 import assert from "node:assert/strict";
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import pg from "pg";
-import type { Database } from "../src/storage/database.js";
-import { allContacts, createTestDatabase, openMigrated } from "./support/databases.js";
-import type { TestDatabase } from "./support/databases.js";
+import { allContacts, createTestDatabase, migratedDatabaseForSuite } from "./support/databases.js";
 import { startServer } from "./support/server.js";
 
 function childrenOf(pid: number): number[] {
@@ -27,21 +25,10 @@ type Outcome =
   | { kind: "truncated"; email: string; status: number };
 
 describe("server lifecycle", { timeout: 120_000 }, () => {
-  let test: TestDatabase;
-  let database: Database;
-
-  before(async () => {
-    test = await createTestDatabase("sqlite");
-    database = await openMigrated(test);
-  });
-
-  after(async () => {
-    await database.destroy();
-    await test.drop();
-  });
+  const suite = migratedDatabaseForSuite("sqlite");
 
   it("on SIGTERM finishes every accepted request, loses no acknowledged write, and exits 0", async () => {
-    const server = await startServer({ DATABASE_URL: test.url });
+    const server = await startServer({ DATABASE_URL: suite.test.url });
     const outcomes: Outcome[] = [];
     let stop = false;
     let n = 0;
@@ -89,7 +76,7 @@ describe("server lifecycle", { timeout: 120_000 }, () => {
     for (const outcome of answered) {
       assert.ok(outcome.status === 200 || outcome.status === 503, `status ${outcome.status}`);
     }
-    const stored = new Set((await allContacts(database)).map((row) => row.email));
+    const stored = new Set((await allContacts(suite.database)).map((row) => row.email));
     for (const outcome of outcomes) {
       const acknowledged = outcome.kind === "answered" && outcome.status === 200;
       // An acknowledged write is stored; a stored write was acknowledged (never done and dropped).
@@ -144,7 +131,7 @@ describe("server lifecycle", { timeout: 120_000 }, () => {
   );
 
   it("runs WORKERS processes on one port, aggregates their metrics, and stops them all", async () => {
-    const server = await startServer({ DATABASE_URL: test.url, WORKERS: "2" });
+    const server = await startServer({ DATABASE_URL: suite.test.url, WORKERS: "2" });
     const pid = server.process.pid ?? 0;
     for (let i = 0; i < 50 && childrenOf(pid).length < 2; i++) {
       await sleep(100);

@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { connect } from "node:net";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Redis } from "ioredis";
 import { NoCache } from "../../src/cache/customer-cache.js";
@@ -8,10 +8,8 @@ import { DEFAULT_SECURITY } from "../../src/http/app.js";
 import type { SecurityOptions } from "../../src/http/app.js";
 import { ApiKeys, hashApiKey } from "../../src/http/security.js";
 import { openDatabase } from "../../src/storage/database.js";
-import type { Database } from "../../src/storage/database.js";
 import { startApp } from "../support/app.js";
-import { allContacts, createTestDatabase, openMigrated } from "../support/databases.js";
-import type { TestDatabase } from "../support/databases.js";
+import { allContacts, migratedDatabaseForSuite } from "../support/databases.js";
 import { deleteKeys, testRedisUrl, uniquePrefix } from "../support/redis.js";
 import { postIdentify } from "../support/server.js";
 
@@ -22,21 +20,10 @@ function security(overrides: Partial<SecurityOptions>): SecurityOptions {
 }
 
 describe("hostile traffic", () => {
-  let test: TestDatabase;
-  let database: Database;
-
-  before(async () => {
-    test = await createTestDatabase("sqlite");
-    database = await openMigrated(test);
-  });
-
-  after(async () => {
-    await database.destroy();
-    await test.drop();
-  });
+  const suite = migratedDatabaseForSuite("sqlite");
 
   it("answers attack signatures with 403 and the masked message, writes nothing, and lets real values through", async () => {
-    const running = await startApp(database, {
+    const running = await startApp(suite.database, {
       security: security({ threats: { limit: 1000, windowMs: 60_000, cooldownMs: 1000 } }),
     });
     try {
@@ -54,7 +41,7 @@ describe("hostile traffic", () => {
         { raw: '{"constructor":{"prototype":{"admin":true}}}' },
         { raw: '{"email":"lorraine@hillvalley.edu","prototype":1}' },
       ];
-      const before = await allContacts(database);
+      const before = await allContacts(suite.database);
       for (const attack of attacks) {
         const response = await postIdentify(
           running.url,
@@ -68,7 +55,7 @@ describe("hostile traffic", () => {
         assert.equal(logged?.code, "THREAT");
         assert.match(String(logged.reason), /^attack signature [A-Z_]+$/);
       }
-      assert.deepEqual(await allContacts(database), before);
+      assert.deepEqual(await allContacts(suite.database), before);
 
       for (const body of [
         { email: "o'brien@example.com" },
@@ -84,8 +71,8 @@ describe("hostile traffic", () => {
     }
   });
 
-  it("refuses a client that earned several 403s for the cool-down, before any database work", async () => {
-    // A database that cannot be reached: any database work would answer 500, not 403.
+  it("refuses a client that earned several 403s for the cool-down, before any suite.database work", async () => {
+    // A suite.database that cannot be reached: any suite.database work would answer 500, not 403.
     const unreachable = openDatabase(
       { dialect: "postgres", url: "postgres://root@127.0.0.1:1/nowhere" },
       { poolSize: 1, lockTimeoutMs: 1000 },
@@ -98,7 +85,7 @@ describe("hostile traffic", () => {
       assert.equal(
         (await postIdentify(running.url, valid)).status,
         500,
-        "database work is done normally",
+        "suite.database work is done normally",
       );
       for (let i = 0; i < 3; i++) {
         assert.equal((await postIdentify(running.url, { email: "' or 1=1 --" })).status, 403);
@@ -119,7 +106,7 @@ describe("hostile traffic", () => {
 
   it("requires a bearer key when keys are configured, compared against their digests", async () => {
     const key = "shop-backend-7f3a9c2e41d8";
-    const running = await startApp(database, {
+    const running = await startApp(suite.database, {
       security: security({
         keys: new ApiKeys([hashApiKey(key), hashApiKey("another-key-0000000000")]),
       }),
@@ -162,7 +149,7 @@ describe("hostile traffic", () => {
     it(`answers 429 with Retry-After over the limit, and serves again after the window (${store})`, async () => {
       const redis = store === "redis" && redisUrl !== null ? new Redis(redisUrl) : null;
       const prefix = uniquePrefix();
-      const running = await startApp(database, {
+      const running = await startApp(suite.database, {
         security: security({ rateLimit: { max: 3, windowMs: 1500, redis, prefix } }),
       });
       try {
@@ -192,7 +179,9 @@ describe("hostile traffic", () => {
   }
 
   it("cuts off a client that trickles its request (slow loris) within the request timeout", async () => {
-    const running = await startApp(database, { security: security({ requestTimeoutMs: 1000 }) });
+    const running = await startApp(suite.database, {
+      security: security({ requestTimeoutMs: 1000 }),
+    });
     try {
       const { port } = new URL(running.url);
       const socket = connect(Number(port), "127.0.0.1");
@@ -220,7 +209,7 @@ describe("hostile traffic", () => {
 
   it("answers 503 when the handler does not answer within its timeout", async () => {
     let slow = false;
-    const running = await startApp(database, {
+    const running = await startApp(suite.database, {
       security: security({ handlerTimeoutMs: 200 }),
       service: {
         beforeCacheFill: async () => {
@@ -230,8 +219,8 @@ describe("hostile traffic", () => {
         },
       },
     });
-    // Created elsewhere, so that this instance reads it from the database (and then waits).
-    const elsewhere = await startApp(database, { cache: new NoCache() });
+    // Created elsewhere, so that this instance reads it from the suite.database (and then waits).
+    const elsewhere = await startApp(suite.database, { cache: new NoCache() });
     try {
       const body = { email: "slow@hillvalley.edu" };
       assert.equal((await postIdentify(elsewhere.url, body)).status, 200);
@@ -252,8 +241,8 @@ describe("hostile traffic", () => {
   });
 
   it("sends security headers, no X-Powered-By, and no CORS headers unless origins are configured", async () => {
-    const closed = await startApp(database);
-    const open = await startApp(database, {
+    const closed = await startApp(suite.database);
+    const open = await startApp(suite.database, {
       security: security({ corsOrigins: ["https://shop.example.com"] }),
     });
     try {
@@ -289,7 +278,7 @@ describe("hostile traffic", () => {
   });
 
   it("logs no email or phone in clear at info level", async () => {
-    const running = await startApp(database);
+    const running = await startApp(suite.database);
     try {
       const emails = ["privacy.one@hillvalley.edu", "privacy.two@hillvalley.edu"];
       const phones = ["5550123987", "5550456987"];

@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { after, before } from "node:test";
 import { createConnection } from "mysql2/promise";
 import pg from "pg";
 import { openDatabase } from "../../src/storage/database.js";
@@ -104,6 +105,40 @@ export async function createTestDatabase(
       };
     }
   }
+}
+
+/**
+ * Call inside a describe: its tests get a fresh migrated database of `dialect` (created before
+ * them, dropped after them) as `suite.test` and `suite.database`.
+ */
+export function migratedDatabaseForSuite(dialect: DialectName): {
+  readonly test: TestDatabase;
+  readonly database: Database;
+} {
+  let test: TestDatabase | undefined;
+  let database: Database | undefined;
+  before(async () => {
+    test = await createTestDatabase(dialect);
+    database = await openMigrated(test);
+  });
+  after(async () => {
+    await database?.destroy();
+    await test?.drop();
+  });
+  return {
+    get test() {
+      if (test === undefined) {
+        throw new Error("the suite's database is created in before()");
+      }
+      return test;
+    },
+    get database() {
+      if (database === undefined) {
+        throw new Error("the suite's database is created in before()");
+      }
+      return database;
+    },
+  };
 }
 
 /** Opens a migrated connection to a test database. */
