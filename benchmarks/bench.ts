@@ -8,13 +8,9 @@
  * postgres-nocache, sqlite-nocache), --workers N (server processes), --out FILE.
  * Servers: BENCH_MYSQL_URL, BENCH_POSTGRES_URL, BENCH_REDIS_URL (defaults: this machine's).
  */
-import { spawn } from "node:child_process";
-import type { ChildProcess } from "node:child_process";
-import { once } from "node:events";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { Agent, request } from "node:http";
 import { cpus, totalmem } from "node:os";
-import { createInterface } from "node:readline";
 import { parseArgs } from "node:util";
 import autocannon from "autocannon";
 import { Redis } from "ioredis";
@@ -24,6 +20,8 @@ import type { DialectName } from "../src/storage/database.js";
 import { migrateToLatest } from "../src/storage/migrate.js";
 import { createTestDatabase } from "../test/support/databases.js";
 import type { TestDatabase } from "../test/support/databases.js";
+import { startServer } from "../test/support/server.js";
+import type { ServerProcess } from "../test/support/server.js";
 import { Workload } from "./workload.js";
 import type { Body } from "./workload.js";
 
@@ -42,7 +40,6 @@ const { values: args } = parseArgs({
 const MYSQL = process.env.BENCH_MYSQL_URL ?? "mysql://root@127.0.0.1:3306/test";
 const POSTGRES = process.env.BENCH_POSTGRES_URL ?? "postgres://root@127.0.0.1:5432/test";
 const REDIS = process.env.BENCH_REDIS_URL ?? "redis://127.0.0.1:6379";
-const ROOT = new URL("../", import.meta.url).pathname;
 const CUSTOMERS = Number(args.customers);
 const DURATION = Number(args.duration);
 const CONNECTIONS = Number(args.connections);
@@ -75,42 +72,6 @@ interface Result {
 
 function log(line: string): void {
   process.stderr.write(`bench: ${line}\n`);
-}
-
-interface Server {
-  url: string;
-  child: ChildProcess;
-  stop(): Promise<void>;
-}
-
-async function startProcess(args: string[], env: Record<string, string>): Promise<Server> {
-  const child = spawn(process.execPath, args, {
-    cwd: ROOT,
-    env: { ...process.env, PORT: "0", LOG_LEVEL: "info", ...env },
-    stdio: ["ignore", "pipe", "inherit"],
-  });
-  const url = await new Promise<string>((resolve, reject) => {
-    createInterface({ input: child.stdout }).on("line", (line) => {
-      const match = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(line);
-      if (match?.[1] !== undefined) {
-        resolve(match[1]);
-      }
-    });
-    child.once("exit", (code) => {
-      reject(new Error(`server exited with ${code}`));
-    });
-  });
-  child.stdout.resume();
-  return {
-    url,
-    child,
-    stop: async () => {
-      if (child.exitCode === null) {
-        child.kill("SIGTERM");
-        await once(child, "exit");
-      }
-    },
-  };
 }
 
 /** Resident memory of a process and its children (the workers), in MB. */
@@ -295,7 +256,7 @@ async function runConfig(key: string, spec: ConfigSpec): Promise<Result | null> 
   if (spec.cache === "redis") {
     env.REDIS_URL = REDIS;
   }
-  let server: Server | null = null;
+  let server: ServerProcess | null = null;
   try {
     if (args.bulk) {
       workload.populate(CUSTOMERS);
@@ -303,11 +264,11 @@ async function runConfig(key: string, spec: ConfigSpec): Promise<Result | null> 
       await bulkLoad(test, workload);
     }
     const profile = process.env.BENCH_CPU_PROF;
-    server = await startProcess(
+    server = await startServer(
+      env,
       profile
         ? ["--cpu-prof", `--cpu-prof-dir=${profile}`, "dist/src/server.js"]
         : ["dist/src/server.js"],
-      env,
     );
     if (!args.bulk) {
       log(`${key}: seeding ${CUSTOMERS} customers through the API`);
@@ -316,7 +277,7 @@ async function runConfig(key: string, spec: ConfigSpec): Promise<Result | null> 
     log(`${key}: warming up`);
     await load(server.url, workload, 3, null);
     log(`${key}: measuring for ${DURATION}s`);
-    const measured = await load(server.url, workload, DURATION, server.child.pid ?? null);
+    const measured = await load(server.url, workload, DURATION, server.process.pid ?? null);
     await server.stop();
     server = null;
     return { config: spec.name, ...measured, storedContacts: await countContacts(test) };
@@ -337,7 +298,7 @@ async function runConfig(key: string, spec: ConfigSpec): Promise<Result | null> 
 async function main(): Promise<void> {
   const results: Result[] = [];
   log("ceiling: bare Fastify route, same body validation, constant answer");
-  const ceilingServer = await startProcess(["--import", "tsx", "benchmarks/ceiling-server.ts"], {});
+  const ceilingServer = await startServer({}, ["--import", "tsx", "benchmarks/ceiling-server.ts"]);
   const ceilingWorkload = new Workload("ceiling", 42);
   ceilingWorkload.populate(1000);
   await load(ceilingServer.url, ceilingWorkload, 3, null);
@@ -345,7 +306,7 @@ async function main(): Promise<void> {
     ceilingServer.url,
     ceilingWorkload,
     DURATION,
-    ceilingServer.child.pid ?? null,
+    ceilingServer.process.pid ?? null,
   );
   await ceilingServer.stop();
   results.push({

@@ -135,6 +135,21 @@ export class StartupError extends Error {
  * Opens the database, brings its schema up to date and wires the service. Throws StartupError
  * with one line naming the variable at fault when the database is unreachable.
  */
+/**
+ * Migrates at start; an unreachable or unmigratable database becomes a StartupError whose one
+ * line names DATABASE_URL (password masked).
+ */
+export async function migrateAtStart(database: Database): Promise<string[]> {
+  try {
+    return await migrateToLatest(database);
+  } catch (error) {
+    throw new StartupError(
+      `DATABASE_URL: cannot use ${database.description}: ${rootMessage(error)}`,
+      { cause: error },
+    );
+  }
+}
+
 export async function createDeps(config: Config, logger: FastifyBaseLogger): Promise<Deps> {
   const database = openDatabase(config.database, {
     poolSize: config.databasePoolSize,
@@ -145,14 +160,11 @@ export async function createDeps(config: Config, logger: FastifyBaseLogger): Pro
     },
   });
   try {
-    const applied = await migrateToLatest(database);
+    const applied = await migrateAtStart(database);
     logger.info({ database: database.description, applied }, "database ready");
   } catch (error) {
     await database.destroy().catch(() => undefined);
-    const reason = rootMessage(error);
-    throw new StartupError(`DATABASE_URL: cannot use ${database.description}: ${reason}`, {
-      cause: error,
-    });
+    throw error;
   }
   const cache = createCache(config, logger);
   const security = securityOf(config, logger);

@@ -6,11 +6,10 @@ import type { Logger } from "pino";
 import { AggregatorRegistry } from "prom-client";
 import { ConfigError, loadConfig } from "./config.js";
 import type { Config } from "./config.js";
-import { createDeps } from "./deps.js";
+import { createDeps, migrateAtStart } from "./deps.js";
 import { rootMessage } from "./error-message.js";
 import { buildApp } from "./http/app.js";
 import { openDatabase } from "./storage/database.js";
-import { migrateToLatest } from "./storage/migrate.js";
 
 const METRICS_REQUEST = "identity:metrics-request";
 const METRICS_RESPONSE = "identity:metrics-response";
@@ -120,11 +119,7 @@ async function runPrimary(config: Config, logger: Logger): Promise<void> {
     sqliteSynchronous: config.sqliteSynchronous,
   });
   try {
-    await migrateToLatest(database);
-  } catch (error) {
-    throw new Error(`DATABASE_URL: cannot use ${database.description}: ${rootMessage(error)}`, {
-      cause: error,
-    });
+    await migrateAtStart(database);
   } finally {
     await database.destroy();
   }

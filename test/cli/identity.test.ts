@@ -4,7 +4,6 @@ import { once } from "node:events";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
-import { createInterface } from "node:readline";
 import { after, before, describe, it } from "node:test";
 import { NoCache } from "../../src/cache/customer-cache.js";
 import type { Customer } from "../../src/domain/contact.js";
@@ -20,6 +19,7 @@ import {
   openMigrated,
 } from "../support/databases.js";
 import type { TestDatabase } from "../support/databases.js";
+import { startServer } from "../support/server.js";
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 const COMMAND = ["--import", "tsx", "src/cli/identity.ts"];
@@ -164,24 +164,12 @@ describe("the identity command line", () => {
 
   it("serve starts the HTTP server as npm start does, and stops with 0 on SIGTERM", async () => {
     const dir = mkdtempSync(join(tmpdir(), "idr-cli-"));
-    const child = spawn(process.execPath, [...COMMAND, "serve"], {
-      cwd: ROOT,
-      env: { ...process.env, PORT: "0", DATABASE_URL: `sqlite:${join(dir, "contacts.db")}` },
-      stdio: ["ignore", "pipe", "pipe"],
-    });
+    const server = await startServer({ DATABASE_URL: `sqlite:${join(dir, "contacts.db")}` }, [
+      ...COMMAND,
+      "serve",
+    ]);
     try {
-      const url = await new Promise<string>((resolve, reject) => {
-        createInterface({ input: child.stdout }).on("line", (line) => {
-          const match = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(line);
-          if (match?.[1] !== undefined) {
-            resolve(match[1]);
-          }
-        });
-        child.once("exit", (code) => {
-          reject(new Error(`identity serve exited with ${code}`));
-        });
-      });
-      const response = await fetch(`${url}/identify`, {
+      const response = await fetch(`${server.url}/identify`, {
         method: "POST",
         headers: { "content-type": "application/json" },
         body: JSON.stringify({ email: "doc@hillvalley.edu" }),
@@ -193,11 +181,9 @@ describe("the identity command line", () => {
         phoneNumbers: [],
         secondaryContactIds: [],
       });
-      const exited = once(child, "exit");
-      child.kill("SIGTERM");
-      assert.deepEqual((await exited)[0], 0);
+      assert.equal(await server.stop(), 0);
     } finally {
-      child.kill("SIGKILL");
+      server.process.kill("SIGKILL");
       rmSync(dir, { recursive: true, force: true });
     }
   });

@@ -14,12 +14,19 @@ export interface ServerProcess {
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 
+/** The server entry point run through tsx, as the tests start it. */
+export const SERVER_ENTRY = ["--import", "tsx", "src/server.ts"];
+
 /**
- * Spawns the server with `env` added to the environment (PORT=0 unless given) and resolves once
- * it listens. Rejects with the process output if it exits first.
+ * Spawns `node <entry>` (by default the server through tsx) with `env` added to the environment
+ * (PORT=0 unless given) and resolves once it listens. Rejects with the process output if it
+ * exits first.
  */
-export async function startServer(env: Record<string, string>): Promise<ServerProcess> {
-  const child = spawn(process.execPath, ["--import", "tsx", "src/server.ts"], {
+export async function startServer(
+  env: Record<string, string>,
+  entry: readonly string[] = SERVER_ENTRY,
+): Promise<ServerProcess> {
+  const child = spawn(process.execPath, entry, {
     cwd: ROOT,
     env: { ...process.env, PORT: "0", LOG_LEVEL: "info", ...env },
     stdio: ["ignore", "pipe", "pipe"],
@@ -55,14 +62,21 @@ export async function startServer(env: Record<string, string>): Promise<ServerPr
   };
 }
 
-/** Runs the server entry point to completion (for start-up failures) and collects its output. */
-export async function runServerToExit(
+interface Exited {
+  readonly code: number | null;
+  readonly stdout: string;
+  readonly stderr: string;
+}
+
+/** Runs `node <entry>` to completion (killed after `timeoutMs`) and collects its output. */
+async function runToExit(
+  entry: readonly string[],
   env: Record<string, string>,
   timeoutMs = 20000,
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, ["--import", "tsx", "src/server.ts"], {
+): Promise<Exited> {
+  const child = spawn(process.execPath, entry, {
     cwd: ROOT,
-    env: { ...process.env, PORT: "0", ...env },
+    env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
   let stdout = "";
@@ -73,6 +87,11 @@ export async function runServerToExit(
   const [code] = (await once(child, "exit")) as [number | null];
   clearTimeout(timer);
   return { code, stdout, stderr };
+}
+
+/** Runs the server entry point to completion (for start-up failures) and collects its output. */
+export function runServerToExit(env: Record<string, string>, timeoutMs = 20000): Promise<Exited> {
+  return runToExit(SERVER_ENTRY, { PORT: "0", ...env }, timeoutMs);
 }
 
 /** POSTs a JSON body (or a raw string) to /identify and returns status, headers and body. */
@@ -97,18 +116,6 @@ export async function postIdentify(
 }
 
 /** Runs `npm run migrate`'s entry point against `databaseUrl` and collects its output. */
-export async function runMigrate(
-  databaseUrl: string,
-): Promise<{ code: number | null; stdout: string; stderr: string }> {
-  const child = spawn(process.execPath, ["--import", "tsx", "src/cli/migrate.ts"], {
-    cwd: ROOT,
-    env: { ...process.env, DATABASE_URL: databaseUrl },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  let stdout = "";
-  let stderr = "";
-  child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
-  child.stderr.on("data", (chunk: Buffer) => (stderr += chunk.toString()));
-  const [code] = (await once(child, "exit")) as [number | null];
-  return { code, stdout, stderr };
+export function runMigrate(databaseUrl: string): Promise<Exited> {
+  return runToExit(["--import", "tsx", "src/cli/migrate.ts"], { DATABASE_URL: databaseUrl });
 }
