@@ -68,6 +68,8 @@ interface Result {
   maxRssMb: number;
   storedContacts: number | null;
   ratioToCeiling?: number;
+  /** Percent of the measured requests by outcome/source (from the server's metrics). */
+  outcomes?: Record<string, number>;
 }
 
 function log(line: string): void {
@@ -190,6 +192,30 @@ async function bulkLoad(test: TestDatabase, workload: Workload): Promise<void> {
   await database.destroy();
 }
 
+/** identify_outcomes_total by "outcome/source", scraped from the server's /metrics. */
+async function outcomeCounts(url: string): Promise<Record<string, number>> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const counts: Record<string, number> = {};
+  for (const match of text.matchAll(
+    /^identify_outcomes_total\{outcome="(\w+)",source="(\w+)"\} (\d+)/gm,
+  )) {
+    counts[`${match[1] ?? ""}/${match[2] ?? ""}`] = Number(match[3]);
+  }
+  return counts;
+}
+
+/** Share of each outcome/source among the requests answered between two scrapes. */
+function outcomeShares(
+  before: Record<string, number>,
+  after: Record<string, number>,
+): Record<string, number> {
+  const delta = Object.entries(after).map(([key, n]) => [key, n - (before[key] ?? 0)] as const);
+  const total = delta.reduce((sum, [, n]) => sum + n, 0);
+  return Object.fromEntries(
+    delta.filter(([, n]) => n > 0).map(([key, n]) => [key, Math.round((n / total) * 1000) / 10]),
+  );
+}
+
 async function countContacts(test: TestDatabase): Promise<number> {
   const database = openDatabase(test.target, { poolSize: 1, lockTimeoutMs: 10000 });
   const row = await database.db
@@ -277,10 +303,13 @@ async function runConfig(key: string, spec: ConfigSpec): Promise<Result | null> 
     log(`${key}: warming up`);
     await load(server.url, workload, 3, null);
     log(`${key}: measuring for ${DURATION}s`);
+    const before = await outcomeCounts(server.url);
     const measured = await load(server.url, workload, DURATION, server.process.pid ?? null);
+    const outcomes = outcomeShares(before, await outcomeCounts(server.url));
+    log(`${key}: outcomes (%) ${JSON.stringify(outcomes)}`);
     await server.stop();
     server = null;
-    return { config: spec.name, ...measured, storedContacts: await countContacts(test) };
+    return { config: spec.name, ...measured, storedContacts: await countContacts(test), outcomes };
   } finally {
     await server?.stop();
     await test.drop();

@@ -66,6 +66,19 @@ export interface AppDeps {
 }
 
 const BODY_LIMIT_BYTES = 16 * 1024;
+
+/**
+ * The security headers of a JSON API (OWASP REST Security Cheat Sheet): nothing of an answer is
+ * cached, framed or sniffed. Helmet's full set (a CSP for pages, and eight more) is for the HTML
+ * of /docs only: on every answer it cost a third of the throughput and 700 bytes.
+ */
+const API_HEADERS = {
+  "cache-control": "no-store",
+  "content-security-policy": "frame-ancestors 'none'",
+  "strict-transport-security": "max-age=31536000; includeSubDomains",
+  "x-content-type-options": "nosniff",
+  "x-frame-options": "DENY",
+} as const;
 const REQUEST_ID_PATTERN = /^[A-Za-z0-9._:-]{1,64}$/;
 
 /** Keeps a caller's X-Request-Id when it is safe to log and echo; otherwise makes a new one. */
@@ -121,8 +134,10 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     closing = true;
     done();
   });
-  app.addHook("onRequest", async (request, reply) => {
+  app.addHook("onRequest", (request, reply, done) => {
+    reply.headers(API_HEADERS);
     reply.header("x-request-id", request.id);
+    done();
   });
   app.addHook("onSend", (_request, reply, payload, done) => {
     if (closing) {
@@ -170,8 +185,12 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       ],
     },
   });
-  void app.register(fastifySwaggerUi, { routePrefix: "/docs", staticCSP: true });
-  void app.register(fastifyHelmet, { global: true });
+  // Helmet's page headers (its CSP among them) apply to /docs only: the plugin is registered in
+  // the same encapsulated context as the UI.
+  void app.register(async (docs) => {
+    await docs.register(fastifyHelmet, { global: true });
+    await docs.register(fastifySwaggerUi, { routePrefix: "/docs", staticCSP: true });
+  });
   if (security.corsOrigins.length > 0) {
     void app.register(fastifyCors, { origin: [...security.corsOrigins] });
   }
@@ -189,6 +208,13 @@ export function buildApp(deps: AppDeps): FastifyInstance {
         ...(security.rateLimit.redis === null ? {} : { redis: security.rateLimit.redis }),
         nameSpace: security.rateLimit.prefix,
         skipOnError: true,
+        // The x-ratelimit-* headers go on 429 answers only (with Retry-After), not on every
+        // answer: three headers per response for a limit a well-behaved client never meets.
+        addHeadersOnExceeding: {
+          "x-ratelimit-limit": false,
+          "x-ratelimit-remaining": false,
+          "x-ratelimit-reset": false,
+        },
         errorResponseBuilder: (_request, context) =>
           new RateLimitedError(Math.ceil(context.ttl / 1000)),
       });
