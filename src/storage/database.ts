@@ -174,6 +174,10 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Create
         connectionString: target.url,
         max: options.poolSize,
         connectionTimeoutMillis: 5000,
+        // Connections are renewed every few minutes, so that no prepared statement keeps a plan
+        // made when the table was small for longer than that (autovacuum's ANALYZE re-plans
+        // them sooner; it is on by default).
+        maxLifetimeSeconds: 300,
         options: `-c lock_timeout=${options.lockTimeoutMs} -c default_transaction_isolation=read\\ committed`,
       });
       // An idle connection that the server drops (a restart, a failover) must not crash the
