@@ -16,7 +16,7 @@ import autocannon from "autocannon";
 import { Redis } from "ioredis";
 import { sql } from "kysely";
 import { openDatabase } from "../src/storage/database.js";
-import type { DialectName } from "../src/storage/database.js";
+import type { Database, DialectName } from "../src/storage/database.js";
 import { migrateToLatest } from "../src/storage/migrate.js";
 import { createTestDatabase } from "../test/support/databases.js";
 import type { TestDatabase } from "../test/support/databases.js";
@@ -216,19 +216,27 @@ function outcomeShares(
   );
 }
 
-async function analyze(test: TestDatabase): Promise<void> {
+/** Runs `work` on a connection of its own to the test database. */
+async function withDatabase<T>(test: TestDatabase, work: (db: Database["db"]) => Promise<T>) {
   const database = openDatabase(test.target, { poolSize: 1, lockTimeoutMs: 10000 });
-  await sql`analyze "Contact"`.execute(database.db);
-  await database.destroy();
+  try {
+    return await work(database.db);
+  } finally {
+    await database.destroy();
+  }
+}
+
+async function analyze(test: TestDatabase): Promise<void> {
+  await withDatabase(test, (db) => sql`analyze "Contact"`.execute(db));
 }
 
 async function countContacts(test: TestDatabase): Promise<number> {
-  const database = openDatabase(test.target, { poolSize: 1, lockTimeoutMs: 10000 });
-  const row = await database.db
-    .selectFrom("Contact")
-    .select((eb) => eb.fn.countAll<number | string>().as("n"))
-    .executeTakeFirstOrThrow();
-  await database.destroy();
+  const row = await withDatabase(test, (db) =>
+    db
+      .selectFrom("Contact")
+      .select((eb) => eb.fn.countAll<number | string>().as("n"))
+      .executeTakeFirstOrThrow(),
+  );
   return Number(row.n);
 }
 

@@ -2,7 +2,7 @@ import { rootMessage } from "./error-message.js";
 import type { CustomerCache } from "./cache/customer-cache.js";
 import { NoCache } from "./cache/customer-cache.js";
 import { MemoryCustomerCache } from "./cache/memory.cache.js";
-import { RedisCustomerCache } from "./cache/redis.cache.js";
+import { acceleratorRedisOptions, RedisCustomerCache } from "./cache/redis.cache.js";
 import type { Config } from "./config.js";
 import { IdentifyService } from "./service/identify.service.js";
 import { SqlContactStore } from "./storage/contact.store.js";
@@ -38,15 +38,7 @@ export function securityOf(config: Config, logger: FastifyBaseLogger): SecurityO
   }
   let redis: Redis | null = null;
   if (config.rateLimitMax > 0 && config.redisUrl !== null) {
-    redis = new Redis(config.redisUrl, {
-      commandTimeout: config.cacheTimeoutMs,
-      // Commands issued in one event-loop turn (many requests' lookups) go out in one write:
-      // on this kind of machine a socket write costs more than the command.
-      enableAutoPipelining: true,
-      enableOfflineQueue: false,
-      maxRetriesPerRequest: 0,
-      retryStrategy: (attempt) => Math.min(50 * attempt, 1000),
-    });
+    redis = new Redis(config.redisUrl, acceleratorRedisOptions(config.cacheTimeoutMs));
     // Failures are skipped by the limiter (the request goes on); the cache logs Redis's state.
     redis.on("error", () => undefined);
   }

@@ -1,5 +1,6 @@
 import { randomUUID } from "node:crypto";
 import { Redis } from "ioredis";
+import type { RedisOptions } from "ioredis";
 import type { Customer, IdentifyRequest } from "../domain/contact.js";
 import { identifierKeys } from "../domain/contact.js";
 import { customerHolds } from "../domain/contact.js";
@@ -122,6 +123,22 @@ interface ScriptedRedis {
   identityPublish(keyCount: number, ...keysAndArgs: (string | number)[]): Promise<number>;
 }
 
+/**
+ * ioredis options for Redis as an accelerator (the cache, the shared rate limit): commands time
+ * out after `timeoutMs`, nothing is queued while disconnected, reconnects back off to 1 s.
+ */
+export function acceleratorRedisOptions(timeoutMs: number): RedisOptions {
+  return {
+    commandTimeout: timeoutMs,
+    // Commands issued in one event-loop turn (many requests' lookups) go out in one write: on
+    // this kind of machine a socket write costs more than the command.
+    enableAutoPipelining: true,
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 0,
+    retryStrategy: (attempt) => Math.min(50 * attempt, 1000),
+  };
+}
+
 /** A publication owed to Redis: a floor at the version answered, or a tombstone. */
 type Debt = { readonly kind: "floor"; readonly version: number } | { readonly kind: "tombstone" };
 
@@ -147,14 +164,8 @@ export class RedisCustomerCache implements CustomerCache {
     private readonly events: CacheEvents = {},
   ) {
     this.redis = new Redis(options.url, {
-      commandTimeout: options.timeoutMs,
-      // Commands issued in one event-loop turn (many requests' lookups) go out in one write:
-      // on this kind of machine a socket write costs more than the command.
-      enableAutoPipelining: true,
+      ...acceleratorRedisOptions(options.timeoutMs),
       connectTimeout: Math.max(options.timeoutMs * 10, 500),
-      enableOfflineQueue: false,
-      maxRetriesPerRequest: 0,
-      retryStrategy: (attempt) => Math.min(50 * attempt, 1000),
       lazyConnect: false,
     });
     this.redis.defineCommand("identityLookup", { numberOfKeys: 2, lua: LOOKUP_SCRIPT });

@@ -215,7 +215,7 @@ function statementName(text: string): string {
  * A pg client that runs every statement with parameters as a named prepared statement, planned
  * once per connection. Kysely sends unnamed ones, which PostgreSQL plans on every execution: for
  * the customers read (a CTE, two joins and a UNION) planning cost several times the execution,
- * and named statements tripled the reads per second (README, Performance). The name is a digest
+ * and named statements tripled the reads per second (README, Benchmark). The name is a digest
  * of the text, so one name never stands for two texts.
  */
 class PreparingClient extends pg.Client {
