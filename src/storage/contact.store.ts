@@ -1,6 +1,6 @@
 import { createHash } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
-import { sql } from "kysely";
+import { CompiledQuery, sql } from "kysely";
 import type { Kysely } from "kysely";
 import type { Contact, IdentifyRequest } from "../domain/contact.js";
 import type { ReconcilePlan } from "../domain/reconcile.js";
@@ -8,6 +8,7 @@ import { RetryTransactionError } from "../service/contact-store.js";
 import type { ContactStore, ContactTransaction } from "../service/contact-store.js";
 import type { Database, DialectName } from "./database.js";
 import { DatabaseError } from "./errors.js";
+import { FixedStatement } from "./fixed-statement.js";
 import type { ContactRow, DB } from "./schema.js";
 
 type ContactColumns = Pick<
@@ -92,10 +93,29 @@ class LockTimeoutError extends Error {
   }
 }
 
-async function findCustomers(db: Kysely<DB>, request: IdentifyRequest): Promise<Contact[]> {
-  // Fixed shape: an absent field is bound as NULL, and `column = NULL` matches nothing. Joins (not
-  // IN subqueries) so that every planner looks the members up by id and by linkedId through
-  // their indexes: MariaDB scanned the table for `linkedId IN (subquery)`.
+type Time = Date | string;
+
+/** The statements of the store, compiled once per database (see FixedStatement). */
+interface Statements {
+  readonly findCustomers: FixedStatement<[email: string | null, phoneNumber: string | null]>;
+  readonly lockCustomer: FixedStatement<[id: number]>;
+  readonly promote: FixedStatement<[id: number, updatedAt: Time]>;
+  readonly relink: FixedStatement<[winnerId: number, group: number, updatedAt: Time]>;
+  readonly insert: FixedStatement<
+    [
+      email: string | null,
+      phoneNumber: string | null,
+      linkedId: number | null,
+      linkPrecedence: "primary" | "secondary",
+      createdAt: Time,
+    ]
+  >;
+  /** Two identifier locks (PostgreSQL: advisory keys; MySQL: lock names). */
+  readonly lockIdentifiers: FixedStatement<[first: string, second: string]>;
+}
+
+/** `lockTimeout`: seconds a MySQL/MariaDB named lock is waited for (a constant parameter). */
+function compileStatements(db: Kysely<DB>, dialect: DialectName, lockTimeout: number): Statements {
   const columns = [
     "Contact.id",
     "Contact.email",
@@ -104,41 +124,99 @@ async function findCustomers(db: Kysely<DB>, request: IdentifyRequest): Promise<
     "Contact.linkPrecedence",
     "Contact.createdAt",
   ] as const;
-  const rows = await db
-    .with("matched", (qb) =>
-      qb
-        .selectFrom("Contact")
-        .select(sql<number>`coalesce(${sql.ref("linkedId")}, ${sql.ref("id")})`.as("pid"))
-        .distinct()
-        .where("deletedAt", "is", null)
-        .where((eb) =>
-          eb.or([eb("email", "=", request.email), eb("phoneNumber", "=", request.phoneNumber)]),
+  // Fixed shape: an absent field is bound as NULL, and `column = NULL` matches nothing. Joins (not
+  // IN subqueries) so that every planner looks the members up by id and by linkedId through
+  // their indexes: MariaDB scanned the table for `linkedId IN (subquery)`.
+  const findCustomers = FixedStatement.compile(2, (email: string | null, phone: string | null) =>
+    db
+      .with("matched", (qb) =>
+        qb
+          .selectFrom("Contact")
+          .select(sql<number>`coalesce(${sql.ref("linkedId")}, ${sql.ref("id")})`.as("pid"))
+          .distinct()
+          .where("deletedAt", "is", null)
+          .where((eb) => eb.or([eb("email", "=", email), eb("phoneNumber", "=", phone)])),
+      )
+      .selectFrom("matched")
+      .innerJoin("Contact", "Contact.id", "matched.pid")
+      .select(columns)
+      .where("Contact.deletedAt", "is", null)
+      .union((eb) =>
+        eb
+          .selectFrom("matched")
+          .innerJoin("Contact", "Contact.linkedId", "matched.pid")
+          .select(columns)
+          .where("Contact.deletedAt", "is", null),
+      )
+      .compile(),
+  );
+  const lockCustomer = FixedStatement.compile(1, (id: number) =>
+    db.selectFrom("Contact").select("id").where("id", "=", id).forUpdate().compile(),
+  );
+  const promote = FixedStatement.compile(2, (id: number, updatedAt: Time) =>
+    db
+      .updateTable("Contact")
+      .set({ linkedId: null, linkPrecedence: "primary", updatedAt })
+      .where("id", "=", id)
+      .compile(),
+  );
+  const relink = FixedStatement.compile(3, (winnerId: number, group: number, updatedAt: Time) =>
+    db
+      .updateTable("Contact")
+      .set({ linkedId: winnerId, linkPrecedence: "secondary", updatedAt })
+      .where((eb) => eb.or([eb("id", "=", group), eb("linkedId", "=", group)]))
+      .where("id", "<>", winnerId)
+      .compile(),
+  );
+  const insert = FixedStatement.compile(
+    5,
+    (
+      email: string | null,
+      phoneNumber: string | null,
+      linkedId: number | null,
+      linkPrecedence: "primary" | "secondary",
+      createdAt: Time,
+    ) => {
+      const query = db
+        .insertInto("Contact")
+        .values({ email, phoneNumber, linkedId, linkPrecedence, createdAt, updatedAt: createdAt });
+      return dialect === "mysql" ? query.compile() : query.returning("id").compile();
+    },
+  );
+  // Always two locks, so that the statement text never depends on the request. Taking the same
+  // lock twice is re-entrant in both databases.
+  const lockIdentifiers = FixedStatement.compile(2, (first: string, second: string) =>
+    dialect === "postgres"
+      ? sql`select pg_advisory_xact_lock(${first}::bigint), pg_advisory_xact_lock(${second}::bigint)`.compile(
+          db,
+        )
+      : sql`select get_lock(${first}, ${lockTimeout}) as a, get_lock(${second}, ${lockTimeout}) as b`.compile(
+          db,
         ),
-    )
-    .selectFrom("matched")
-    .innerJoin("Contact", "Contact.id", "matched.pid")
-    .select(columns)
-    .where("Contact.deletedAt", "is", null)
-    .union((eb) =>
-      eb
-        .selectFrom("matched")
-        .innerJoin("Contact", "Contact.linkedId", "matched.pid")
-        .select(columns)
-        .where("Contact.deletedAt", "is", null),
-    )
-    .execute();
-  return rows.map(toContact);
+  );
+  return { findCustomers, lockCustomer, promote, relink, insert, lockIdentifiers };
+}
+
+/** Runs one compiled statement: on a Kysely connection, or on the SQLite session directly. */
+type Execute = (query: CompiledQuery) => Promise<{ rows: unknown[]; insertId?: bigint }>;
+
+function rowsToContacts(rows: unknown[]): Contact[] {
+  return (rows as ContactColumns[]).map(toContact);
 }
 
 class SqlContactTransaction implements ContactTransaction {
   constructor(
-    private readonly db: Kysely<DB>,
+    private readonly statements: Statements,
+    private readonly execute: Execute,
     private readonly dialect: DialectName,
   ) {}
 
   async findCustomers(request: IdentifyRequest): Promise<Contact[]> {
     try {
-      return await findCustomers(this.db, request);
+      const result = await this.execute(
+        this.statements.findCustomers.bind([request.email, request.phoneNumber]),
+      );
+      return rowsToContacts(result.rows);
     } catch (error) {
       throw asDatabaseError(error, "reading customers");
     }
@@ -150,12 +228,7 @@ class SqlContactTransaction implements ContactTransaction {
       return;
     }
     try {
-      await this.db
-        .selectFrom("Contact")
-        .select("id")
-        .where("id", "=", primaryId)
-        .forUpdate()
-        .execute();
+      await this.execute(this.statements.lockCustomer.bind([primaryId]));
     } catch (error) {
       throw asDatabaseError(error, "locking a customer");
     }
@@ -169,7 +242,7 @@ class SqlContactTransaction implements ContactTransaction {
     }
   }
 
-  private time(ms: number): Date | string {
+  private time(ms: number): Time {
     return this.dialect === "sqlite" ? new Date(ms).toISOString() : new Date(ms);
   }
 
@@ -177,57 +250,49 @@ class SqlContactTransaction implements ContactTransaction {
     const { winnerId } = plan;
     const updatedAt = this.time(now);
     if (winnerId !== null && plan.promoteWinner) {
-      await this.db
-        .updateTable("Contact")
-        .set({ linkedId: null, linkPrecedence: "primary", updatedAt })
-        .where("id", "=", winnerId)
-        .execute();
+      await this.execute(this.statements.promote.bind([winnerId, updatedAt]));
     }
     if (winnerId !== null) {
       for (const group of plan.relinkGroups) {
-        await this.db
-          .updateTable("Contact")
-          .set({ linkedId: winnerId, linkPrecedence: "secondary", updatedAt })
-          .where((eb) => eb.or([eb("id", "=", group), eb("linkedId", "=", group)]))
-          .where("id", "<>", winnerId)
-          .execute();
+        await this.execute(this.statements.relink.bind([winnerId, group, updatedAt]));
       }
     }
     const { insert } = plan;
     if (insert === null) {
       return null;
     }
-    const createdAt = this.time(insert.createdAt);
-    const values = {
-      email: insert.email,
-      phoneNumber: insert.phoneNumber,
-      linkedId: winnerId,
-      linkPrecedence: winnerId === null ? ("primary" as const) : ("secondary" as const),
-      createdAt,
-      updatedAt: createdAt,
-    };
-    let id: number;
-    if (this.dialect === "mysql") {
-      const result = await this.db.insertInto("Contact").values(values).executeTakeFirstOrThrow();
-      id = Number(result.insertId);
-    } else {
-      const row = await this.db
-        .insertInto("Contact")
-        .values(values)
-        .returning("id")
-        .executeTakeFirstOrThrow();
-      id = row.id;
+    const linkPrecedence = winnerId === null ? "primary" : "secondary";
+    const result = await this.execute(
+      this.statements.insert.bind([
+        insert.email,
+        insert.phoneNumber,
+        winnerId,
+        linkPrecedence,
+        this.time(insert.createdAt),
+      ]),
+    );
+    const id =
+      this.dialect === "mysql"
+        ? Number(result.insertId)
+        : (result.rows[0] as Pick<ContactRow, "id"> | undefined)?.id;
+    if (id === undefined || !Number.isSafeInteger(id)) {
+      throw new Error("the insert returned no id");
     }
     return {
       id,
-      email: values.email,
-      phoneNumber: values.phoneNumber,
-      linkedId: values.linkedId,
-      linkPrecedence: values.linkPrecedence,
+      email: insert.email,
+      phoneNumber: insert.phoneNumber,
+      linkedId: winnerId,
+      linkPrecedence,
       createdAt: insert.createdAt,
     };
   }
 }
+
+const BEGIN = CompiledQuery.raw("begin");
+const COMMIT = CompiledQuery.raw("commit");
+const ROLLBACK = CompiledQuery.raw("rollback");
+const RELEASE_LOCKS = CompiledQuery.raw("select release_all_locks()");
 
 /**
  * The Contact table in SQLite, MySQL/MariaDB or PostgreSQL.
@@ -238,15 +303,25 @@ class SqlContactTransaction implements ContactTransaction {
  * single writer: BEGIN IMMEDIATE.
  */
 export class SqlContactStore implements ContactStore {
+  private readonly statements: Statements;
+
   constructor(
     private readonly database: Database,
     private readonly retry: RetryPolicy = DEFAULT_RETRY_POLICY,
     private readonly hooks: ContactStoreHooks = {},
-  ) {}
+  ) {
+    const lockTimeout = Math.max(1, Math.ceil(database.options.lockTimeoutMs / 1000));
+    this.statements = compileStatements(database.db, database.dialect, lockTimeout);
+  }
 
   async findCustomers(request: IdentifyRequest): Promise<Contact[]> {
+    const query = this.statements.findCustomers.bind([request.email, request.phoneNumber]);
     try {
-      return await findCustomers(this.database.db, request);
+      const { sqlite } = this.database;
+      if (sqlite !== null) {
+        return await sqlite.read(() => rowsToContacts(sqlite.run(query)));
+      }
+      return rowsToContacts((await this.database.db.executeQuery(query)).rows);
     } catch (error) {
       throw asDatabaseError(error, "reading customers");
     }
@@ -256,7 +331,12 @@ export class SqlContactStore implements ContactStore {
     identifierKeys: readonly string[],
     work: (tx: ContactTransaction) => Promise<T>,
   ): Promise<T> {
-    const digests = [...new Set(identifierKeys.map(lockDigest))].sort();
+    // SQLite needs no identifier locks: its batch holds the only write lock.
+    const digests =
+      this.database.sqlite === null ? [...new Set(identifierKeys.map(lockDigest))].sort() : [];
+    if (digests.length > 2) {
+      throw new Error("a request has at most two identifiers");
+    }
     for (let attempt = 1; ; attempt++) {
       try {
         return await this.runOnce(digests, work);
@@ -280,69 +360,60 @@ export class SqlContactStore implements ContactStore {
     digests: readonly string[],
     work: (tx: ContactTransaction) => Promise<T>,
   ): Promise<T> {
-    const { dialect } = this.database;
+    const { dialect, sqlite } = this.database;
+    if (sqlite !== null) {
+      // One writer: BEGIN IMMEDIATE of the session's batch is the lock (group commit).
+      const execute: Execute = (query) => Promise.resolve({ rows: sqlite.run(query) });
+      return sqlite.write(() => work(new SqlContactTransaction(this.statements, execute, dialect)));
+    }
     return this.database.db.connection().execute(async (conn) => {
+      const execute: Execute = (query) => conn.executeQuery(query);
       try {
-        await sql.raw(dialect === "sqlite" ? "begin immediate" : "begin").execute(conn);
+        await execute(BEGIN);
       } catch (error) {
         throw asDatabaseError(error, "beginning a transaction");
       }
       try {
-        await this.lockIdentifiers(conn, digests);
-        const result = await work(new SqlContactTransaction(conn, dialect));
+        await this.lockIdentifiers(execute, digests);
+        const result = await work(new SqlContactTransaction(this.statements, execute, dialect));
         try {
-          await sql.raw("commit").execute(conn);
+          await execute(COMMIT);
         } catch (error) {
           throw asDatabaseError(error, "committing");
         }
         return result;
       } catch (error) {
-        await sql
-          .raw("rollback")
-          .execute(conn)
-          .catch(() => undefined);
+        await execute(ROLLBACK).catch(() => undefined);
         throw error;
       } finally {
         if (dialect === "mysql") {
           // Named locks belong to the session, not the transaction: release them after COMMIT.
-          await sql`select release_all_locks()`.execute(conn).catch(() => undefined);
+          await execute(RELEASE_LOCKS).catch(() => undefined);
         }
       }
     });
   }
 
-  private async lockIdentifiers(conn: Kysely<DB>, digests: readonly string[]): Promise<void> {
-    const { dialect, options } = this.database;
-    if (dialect === "sqlite" || digests.length === 0) {
+  private async lockIdentifiers(execute: Execute, digests: readonly string[]): Promise<void> {
+    const { dialect } = this.database;
+    if (digests.length === 0) {
       return;
     }
-    if (digests.length > 2) {
-      throw new Error("a request has at most two identifiers");
-    }
-    // Always two locks, so that the statement text never depends on the request. Taking the same
-    // lock twice is re-entrant in both databases.
     const first = digests[0] ?? "";
     const second = digests[1] ?? first;
+    const lockKey =
+      dialect === "postgres"
+        ? (digest: string) => BigInt.asIntN(64, BigInt(`0x${digest.slice(0, 16)}`)).toString()
+        : (digest: string) => `identity:${digest.slice(0, 48)}`;
     try {
-      if (dialect === "postgres") {
-        const key = (digest: string) =>
-          BigInt.asIntN(64, BigInt(`0x${digest.slice(0, 16)}`)).toString();
-        await sql`select pg_advisory_xact_lock(${key(first)}::bigint), pg_advisory_xact_lock(${key(second)}::bigint)`.execute(
-          conn,
-        );
-        return;
-      }
-      const timeout = Math.max(1, Math.ceil(options.lockTimeoutMs / 1000));
-      const name = (digest: string) => `identity:${digest.slice(0, 48)}`;
-      const result = await sql<{
-        a: number | null;
-        b: number | null;
-      }>`select get_lock(${name(first)}, ${timeout}) as a, get_lock(${name(second)}, ${timeout}) as b`.execute(
-        conn,
+      const result = await execute(
+        this.statements.lockIdentifiers.bind([lockKey(first), lockKey(second)]),
       );
-      const row = result.rows[0];
-      if (row?.a !== 1 || row.b !== 1) {
-        throw new LockTimeoutError();
+      if (dialect === "mysql") {
+        const row = result.rows[0] as { a: number | null; b: number | null } | undefined;
+        if (row?.a !== 1 || row.b !== 1) {
+          throw new LockTimeoutError();
+        }
       }
     } catch (error) {
       throw asDatabaseError(error, "locking identifiers");

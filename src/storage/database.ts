@@ -21,6 +21,7 @@ import type {
 import { createPool } from "mysql2";
 import pg from "pg";
 import type { DB } from "./schema.js";
+import { SqliteSession } from "./sqlite-session.js";
 
 export type DialectName = "sqlite" | "mysql" | "postgres";
 
@@ -55,6 +56,8 @@ export interface Database {
   readonly options: DatabaseOptions;
   /** The target without credentials, for logs and error lines. */
   readonly description: string;
+  /** SQLite: the connection, for the contact store's group commit; null on the servers. */
+  readonly sqlite: SqliteSession | null;
   /** The connection pool right now (SQLite: one connection, reported as idle). */
   poolStats(): PoolStats;
   destroy(): Promise<void>;
@@ -109,6 +112,7 @@ export function describeTarget(target: DatabaseTarget): string {
 interface Created {
   readonly dialect: Dialect;
   readonly poolStats: () => PoolStats;
+  readonly sqlite?: SqliteSession;
 }
 
 /** mysql2 keeps its pool's queues in fields it does not type; read their lengths defensively. */
@@ -136,9 +140,13 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Create
       database.pragma(`synchronous = ${options.sqliteSynchronous ?? "normal"}`);
       database.pragma("foreign_keys = ON");
       database.pragma(`busy_timeout = ${options.lockTimeoutMs}`);
+      const prepare = statementCache(database);
       return {
-        dialect: new ImmediateSqliteDialect({ database: withStatementCache(database) }),
+        dialect: new ImmediateSqliteDialect({
+          database: { close: () => database.close(), prepare },
+        }),
         poolStats: () => ({ inUse: 0, idle: 1, waiting: 0 }),
+        sqlite: new SqliteSession(prepare, options.onStatement),
       };
     }
     case "mysql": {
@@ -233,25 +241,21 @@ class PreparingClient extends pg.Client {
  * better-sqlite3 behind Kysely prepares every statement anew, which costs as much as running it.
  * The service's statements have fixed text, so each is prepared once and reused.
  */
-function withStatementCache(database: SqliteDatabase.Database): SqliteDialectConfig["database"] {
+function statementCache(
+  database: SqliteDatabase.Database,
+): (text: string) => SqliteDatabase.Statement {
   const statements = new Map<string, SqliteDatabase.Statement>();
-  return {
-    close: () => {
-      statements.clear();
-      database.close();
-    },
-    prepare: (text: string) => {
-      let statement = statements.get(text);
-      if (statement === undefined) {
-        statement = database.prepare(text);
-        // Bounded: ad-hoc statements (tests, tools) must not grow it without limit.
-        if (statements.size >= 256) {
-          statements.clear();
-        }
-        statements.set(text, statement);
+  return (text: string) => {
+    let statement = statements.get(text);
+    if (statement === undefined) {
+      statement = database.prepare(text);
+      // Bounded: ad-hoc statements (tests, tools) must not grow it without limit.
+      if (statements.size >= 256) {
+        statements.clear();
       }
-      return statement;
-    },
+      statements.set(text, statement);
+    }
+    return statement;
   };
 }
 
@@ -308,7 +312,11 @@ export function openDatabase(target: DatabaseTarget, options: DatabaseOptions): 
     dialect: target.dialect,
     options,
     description: describeTarget(target),
+    sqlite: created.sqlite ?? null,
     poolStats: created.poolStats,
-    destroy: () => db.destroy(),
+    destroy: async () => {
+      await created.sqlite?.flush();
+      await db.destroy();
+    },
   };
 }

@@ -23,10 +23,12 @@ interface Statement {
  */
 const EXPECTED: Record<string, Record<DialectName, number>> = {
   "repeat, cached": { sqlite: 0, mysql: 0, postgres: 0 },
-  "repeat, not cached": { sqlite: 1, mysql: 1, postgres: 1 },
-  "new customer": { sqlite: 5, mysql: 7, postgres: 6 },
-  "new secondary": { sqlite: 5, mysql: 8, postgres: 7 },
-  merge: { sqlite: 5, mysql: 9, postgres: 8 },
+  // SQLite: each batch's BEGIN and COMMIT are counted here, for a request alone in its batch; under
+  // load every request of one event-loop turn shares them (group commit).
+  "repeat, not cached": { sqlite: 3, mysql: 1, postgres: 1 },
+  "new customer": { sqlite: 7, mysql: 7, postgres: 6 },
+  "new secondary": { sqlite: 7, mysql: 8, postgres: 7 },
+  merge: { sqlite: 7, mysql: 9, postgres: 8 },
 };
 
 const VERBS = /^\s*(select|update|insert|delete|with)\b/i;

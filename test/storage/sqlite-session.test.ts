@@ -1,0 +1,144 @@
+import assert from "node:assert/strict";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { afterEach, beforeEach, describe, it } from "node:test";
+import SqliteDatabase from "better-sqlite3";
+import { DatabaseError } from "../../src/storage/errors.js";
+import { SqliteSession } from "../../src/storage/sqlite-session.js";
+
+const insert = (value: string) => ({
+  sql: "insert into item (value) values (?)",
+  parameters: [value],
+});
+const values = { sql: "select value from item order by id", parameters: [] };
+
+describe("SqliteSession (group commit)", () => {
+  let dir: string;
+  let file: SqliteDatabase.Database;
+  let session: SqliteSession;
+  let statements: string[];
+
+  beforeEach(() => {
+    dir = mkdtempSync(join(tmpdir(), "idr-session-"));
+    file = new SqliteDatabase(join(dir, "session.db"));
+    file.pragma("journal_mode = WAL");
+    file.pragma("foreign_keys = ON");
+    file.exec(`
+      create table parent (id integer primary key);
+      create table item (
+        id integer primary key,
+        value text not null unique,
+        parent integer references parent (id) deferrable initially deferred
+      );`);
+    statements = [];
+    session = new SqliteSession(
+      (sql) => file.prepare(sql),
+      (sql) => statements.push(sql),
+    );
+  });
+
+  afterEach(async () => {
+    await session.flush();
+    file.close();
+    rmSync(dir, { recursive: true, force: true });
+  });
+
+  /** What another connection to the file sees: committed rows only. */
+  function committed(): string[] {
+    const other = new SqliteDatabase(join(dir, "session.db"), { readonly: true });
+    try {
+      return (other.prepare("select value from item order by id").all() as { value: string }[]).map(
+        (row) => row.value,
+      );
+    } finally {
+      other.close();
+    }
+  }
+
+  it("commits the write transactions queued in one turn together, and settles them after COMMIT", async () => {
+    const settled: string[] = [];
+    const writes = ["a", "b", "c", "d"].map((value) =>
+      session
+        .write(() => {
+          session.run(insert(value));
+          return Promise.resolve(value);
+        })
+        .then((result) => {
+          // Acknowledged only once committed: another connection sees the row already.
+          assert.ok(committed().includes(value));
+          settled.push(result);
+        }),
+    );
+    await Promise.all(writes);
+    assert.deepEqual(settled, ["a", "b", "c", "d"]);
+    assert.deepEqual(statements, [
+      "begin immediate",
+      ...Array<string>(4).fill(insert("").sql),
+      "commit",
+    ]);
+    assert.deepEqual(session.stats(), { batches: 1, transactions: 4 });
+  });
+
+  it("rolls back a batch when one transaction fails: that one rejects, the others run again and commit", async () => {
+    const attempts = new Map<string, number>();
+    const write = (value: string) =>
+      session.write(() => {
+        attempts.set(value, (attempts.get(value) ?? 0) + 1);
+        session.run(insert(value));
+        return Promise.resolve(value);
+      });
+    const [first, second, third] = await Promise.allSettled([write("a"), write("a"), write("b")]);
+    assert.deepEqual(first, { status: "fulfilled", value: "a" });
+    assert.equal(second.status, "rejected");
+    assert.match(String(second.reason), /UNIQUE constraint/);
+    assert.deepEqual(third, { status: "fulfilled", value: "b" });
+    assert.deepEqual(committed(), ["a", "b"]);
+    // "a" ran in the failed batch and again in the next one; "b" was queued behind the failure.
+    assert.deepEqual(
+      [...attempts],
+      [
+        ["a", 3],
+        ["b", 1],
+      ],
+    );
+  });
+
+  it("rejects every transaction of a batch whose COMMIT fails, and keeps none of their rows", async () => {
+    // A deferred foreign key is checked at COMMIT.
+    const results = await Promise.allSettled([
+      session.write(() => Promise.resolve(session.run(insert("ok")))),
+      session.write(() =>
+        Promise.resolve(
+          session.run({
+            sql: "insert into item (value, parent) values (?, ?)",
+            parameters: ["orphan", 42],
+          }),
+        ),
+      ),
+    ]);
+    for (const result of results) {
+      assert.equal(result.status, "rejected");
+      assert.ok(result.reason instanceof DatabaseError);
+      assert.match(result.reason.message, /^committing: FOREIGN KEY constraint failed/);
+    }
+    assert.deepEqual(committed(), []);
+    // The connection is usable again.
+    await session.write(() => Promise.resolve(session.run(insert("after"))));
+    assert.deepEqual(committed(), ["after"]);
+  });
+
+  it("reads in a batch without the write lock, and sees only what is committed", async () => {
+    await session.write(() => Promise.resolve(session.run(insert("a"))));
+    statements = [];
+    const rows = await session.read(() => session.run(values));
+    assert.deepEqual(rows, [{ value: "a" }]);
+    assert.deepEqual(statements, ["begin", values.sql, "commit"]);
+    // A read queued with a write is in that write's batch: it settles after the COMMIT.
+    const [, read] = await Promise.all([
+      session.write(() => Promise.resolve(session.run(insert("b")))),
+      session.read(() => session.run(values)),
+    ]);
+    assert.deepEqual(read, [{ value: "a" }, { value: "b" }]);
+  });
+});
