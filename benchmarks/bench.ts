@@ -204,6 +204,19 @@ async function outcomeCounts(url: string): Promise<Record<string, number>> {
   return counts;
 }
 
+/** The server's memory by kind, in MB, from the Node.js metrics of its /metrics. */
+async function memoryMb(url: string): Promise<Record<string, number>> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const memory: Record<string, number> = {};
+  for (const match of text.matchAll(
+    /^(?:process_resident_memory|nodejs_heap_size_total|nodejs_heap_size_used|nodejs_external_memory)_bytes(?:\{[^}]*\})? (\d+)/gm,
+  )) {
+    const name = match[0].split(/[ {]/)[0]?.replace(/^(process|nodejs)_|_bytes$/g, "") ?? "";
+    memory[name] = Math.round(Number(match[1]) / 1048576);
+  }
+  return memory;
+}
+
 /** Share of each outcome/source among the requests answered between two scrapes. */
 function outcomeShares(
   before: Record<string, number>,
@@ -326,6 +339,7 @@ async function runConfig(key: string, spec: ConfigSpec): Promise<Result | null> 
     const measured = await load(server.url, workload, DURATION, server.process.pid ?? null);
     const outcomes = outcomeShares(before, await outcomeCounts(server.url));
     log(`${key}: outcomes (%) ${JSON.stringify(outcomes)}`);
+    log(`${key}: memory after the run (MB) ${JSON.stringify(await memoryMb(server.url))}`);
     await server.stop();
     server = null;
     return { config: spec.name, ...measured, storedContacts: await countContacts(test), outcomes };

@@ -2,7 +2,6 @@ import { rootMessage } from "./error-message.js";
 import type { CustomerCache } from "./cache/customer-cache.js";
 import { NoCache } from "./cache/customer-cache.js";
 import { MemoryCustomerCache } from "./cache/memory.cache.js";
-import { acceleratorRedisOptions, RedisCustomerCache } from "./cache/redis.cache.js";
 import type { Config } from "./config.js";
 import { IdentifyService } from "./service/identify.service.js";
 import { SqlContactStore } from "./storage/contact.store.js";
@@ -10,7 +9,7 @@ import { openDatabase } from "./storage/database.js";
 import type { Database } from "./storage/database.js";
 import { migrateToLatest, pendingMigrations } from "./storage/migrate.js";
 import type { FastifyBaseLogger } from "fastify";
-import { Redis } from "ioredis";
+import type { Redis } from "ioredis";
 import type { SecurityOptions } from "./http/app.js";
 import { ApiKeys } from "./http/security.js";
 import type { Readiness } from "./http/health.route.js";
@@ -28,8 +27,14 @@ export interface Deps {
   close(): Promise<void>;
 }
 
-/** The limits on clients and connections, from the configuration. */
-export function securityOf(config: Config, logger: FastifyBaseLogger): SecurityOptions {
+/**
+ * The limits on clients and connections, from the configuration. Redis's client (ioredis) loads
+ * only when REDIS_URL is set, as the database drivers do (storage/database.ts).
+ */
+export async function securityOf(
+  config: Config,
+  logger: FastifyBaseLogger,
+): Promise<SecurityOptions> {
   const keys = new ApiKeys([...config.apiKeys, ...config.apiKeysFile]);
   if (!keys.enabled) {
     logger.warn(
@@ -38,6 +43,10 @@ export function securityOf(config: Config, logger: FastifyBaseLogger): SecurityO
   }
   let redis: Redis | null = null;
   if (config.rateLimitMax > 0 && config.redisUrl !== null) {
+    const [{ Redis }, { acceleratorRedisOptions }] = await Promise.all([
+      import("ioredis"),
+      import("./cache/redis.cache.js"),
+    ]);
     redis = new Redis(config.redisUrl, acceleratorRedisOptions(config.cacheTimeoutMs));
     // Failures are skipped by the limiter (the request goes on); the cache logs Redis's state.
     redis.on("error", () => undefined);
@@ -84,7 +93,10 @@ export function readinessOf(database: Database, cache: CustomerCache): () => Pro
 }
 
 /** Picks the cache adapter: Redis when REDIS_URL is set, else in-process; none with CACHE=off. */
-export function createCache(config: Config, logger: FastifyBaseLogger): CustomerCache {
+export async function createCache(
+  config: Config,
+  logger: FastifyBaseLogger,
+): Promise<CustomerCache> {
   if (config.cache === "off") {
     return new NoCache();
   }
@@ -100,7 +112,8 @@ export function createCache(config: Config, logger: FastifyBaseLogger): Customer
       maxEntries: config.cacheMaxEntries,
     });
   }
-  return new RedisCustomerCache(
+  const { RedisCustomerCache } = await import("./cache/redis.cache.js");
+  const cache = new RedisCustomerCache(
     {
       url: config.redisUrl,
       prefix: config.cachePrefix,
@@ -116,6 +129,10 @@ export function createCache(config: Config, logger: FastifyBaseLogger): Customer
       },
     },
   );
+  if (!(await cache.waitUntilReady(2000))) {
+    logger.warn("Redis is not reachable yet: answering from the database until it is");
+  }
+  return cache;
 }
 
 /** Raised when the configured database cannot be reached or migrated at start. */
@@ -153,6 +170,12 @@ export async function createDeps(config: Config, logger: FastifyBaseLogger): Pro
     onIdleConnectionError: (error) => {
       logger.warn({ reason: error.message }, "database dropped an idle connection");
     },
+    onCheckpointError: (error) => {
+      logger.error(
+        { reason: error.message },
+        "SQLite checkpointer thread failed; the connection checkpoints by itself",
+      );
+    },
   });
   try {
     const applied = await migrateAtStart(database);
@@ -161,8 +184,8 @@ export async function createDeps(config: Config, logger: FastifyBaseLogger): Pro
     await database.destroy().catch(() => undefined);
     throw error;
   }
-  const cache = createCache(config, logger);
-  const security = securityOf(config, logger);
+  const cache = await createCache(config, logger);
+  const security = await securityOf(config, logger);
   const metrics = createMetrics({ cache: () => cache.stats(), pool: () => database.poolStats() });
   const store = new SqlContactStore(database, undefined, {
     onRetry: (attempt, cause) => {
@@ -170,9 +193,6 @@ export async function createDeps(config: Config, logger: FastifyBaseLogger): Pro
       logger.debug({ attempt, reason: rootMessage(cause) }, "transaction retried");
     },
   });
-  if (cache instanceof RedisCustomerCache && !(await cache.waitUntilReady(2000))) {
-    logger.warn("Redis is not reachable yet: answering from the database until it is");
-  }
   logger.info({ cache: cache.kind }, "cache ready");
   return {
     security,

@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import { LRUCache } from "lru-cache";
 import type { Customer, IdentifyRequest } from "../domain/contact.js";
 import { customerHolds, identifierKeys } from "../domain/contact.js";
-import { customerDigest, emptyStats, identifierDigest, versionOf } from "./customer-cache.js";
+import { customerDigest, emptyStats, versionOf } from "./customer-cache.js";
 import type { CacheLookup, CacheStats, CustomerCache, FillTicket } from "./customer-cache.js";
 
 export interface MemoryCacheOptions {
@@ -14,8 +14,10 @@ export interface MemoryCacheOptions {
 type Entry = { readonly customer: Customer } | { readonly demoted: true };
 
 /**
- * The cache in this process's memory, with the same keys and rules as the Redis one. Coherent
- * within one process only: with several processes, use Redis (or CACHE=off).
+ * The cache in this process's memory, with the same rules as the Redis one. Coherent within one
+ * process only: with several processes, use Redis (or CACHE=off). The index is keyed by the
+ * identifier itself, not its SHA-256 as in Redis: nothing leaves the process, and hashing two
+ * identifiers was most of a cache hit's own cost.
  */
 export class MemoryCustomerCache implements CustomerCache {
   readonly kind = "memory" as const;
@@ -121,7 +123,7 @@ export class MemoryCustomerCache implements CustomerCache {
 
   private index(request: IdentifyRequest, digest: string): void {
     for (const key of identifierKeys(request)) {
-      this.tokens.set(`i:${identifierDigest(key)}`, digest);
+      this.tokens.set(`i:${key}`, digest);
     }
   }
 
@@ -129,7 +131,7 @@ export class MemoryCustomerCache implements CustomerCache {
   private indexedDigest(request: IdentifyRequest): string | null {
     let digest: string | null = null;
     for (const key of identifierKeys(request)) {
-      const found = this.tokens.get(`i:${identifierDigest(key)}`);
+      const found = this.tokens.get(`i:${key}`);
       if (found === undefined || (digest !== null && found !== digest)) {
         return null;
       }

@@ -18,9 +18,10 @@ import type {
   Driver,
   SqliteDialectConfig,
 } from "kysely";
-import { createPool } from "mysql2";
-import pg from "pg";
+import type { Pool as MysqlPool } from "mysql2";
+import type pg from "pg";
 import type { DB } from "./schema.js";
+import { startCheckpointer } from "./sqlite-checkpointer.js";
 import { SqliteSession } from "./sqlite-session.js";
 
 export type DialectName = "sqlite" | "mysql" | "postgres";
@@ -38,6 +39,8 @@ export interface DatabaseOptions {
   readonly sqliteSynchronous?: "full" | "normal";
   /** Told every statement sent, with its parameters (for tests and diagnostics). */
   readonly onStatement?: (sql: string, parameters: readonly unknown[]) => void;
+  /** Told when SQLite's checkpointer thread fails; the connection then checkpoints by itself. */
+  readonly onCheckpointError?: (error: Error) => void;
   /** Told when the server drops an idle pooled connection (PostgreSQL); nothing is lost. */
   readonly onIdleConnectionError?: (error: Error) => void;
 }
@@ -113,10 +116,18 @@ interface Created {
   readonly dialect: Dialect;
   readonly poolStats: () => PoolStats;
   readonly sqlite?: SqliteSession;
+  /** Stops what the dialect started besides its connections (the SQLite checkpointer). */
+  readonly stop?: () => Promise<void>;
 }
+
+/** SQLite: the WAL size at which the checkpointer thread restarts it (pages of 4 KiB). */
+const WAL_RESTART_FRAMES = 1000;
 
 /** mysql2 keeps its pool's queues in fields it does not type; read their lengths defensively. */
 function mysqlPoolStats(pool: unknown): PoolStats {
+  if (pool === null) {
+    return { inUse: 0, idle: 0, waiting: 0 };
+  }
   const queues = pool as {
     _allConnections?: { length: number };
     _freeConnections?: { length: number };
@@ -141,27 +152,52 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Create
       database.pragma("foreign_keys = ON");
       database.pragma(`busy_timeout = ${options.lockTimeoutMs}`);
       const prepare = statementCache(database);
+      const session = new SqliteSession(prepare, options.onStatement);
+      let stop: (() => Promise<void>) | undefined;
+      if (target.path !== ":memory:") {
+        // Checkpoints run in a thread of their own; the connection's own, inside COMMIT, are only
+        // a fallback (README, Benchmark).
+        database.pragma(`wal_autocheckpoint = ${WAL_RESTART_FRAMES * 4}`);
+        const checkpointer = startCheckpointer(session, {
+          path: target.path,
+          synchronous: options.sqliteSynchronous ?? "normal",
+          intervalMs: 100,
+          restartFrames: WAL_RESTART_FRAMES,
+          onError: (error) => {
+            database.pragma(`wal_autocheckpoint = ${WAL_RESTART_FRAMES}`);
+            options.onCheckpointError?.(error);
+          },
+        });
+        stop = () => checkpointer.stop();
+      }
       return {
         dialect: new ImmediateSqliteDialect({
           database: { close: () => database.close(), prepare },
         }),
         poolStats: () => ({ inUse: 0, idle: 1, waiting: 0 }),
-        sqlite: new SqliteSession(prepare, options.onStatement),
+        sqlite: session,
+        stop,
       };
     }
     case "mysql": {
-      const pool = createPool({
-        uri: target.url,
-        connectionLimit: options.poolSize,
-        timezone: "Z",
-        dateStrings: false,
-        supportBigNumbers: true,
-        connectTimeout: 5000,
-        enableKeepAlive: true,
-      });
+      // The drivers of the servers load only when one is used: together they are about 12 MB of
+      // memory that an SQLite process does not need.
+      let pool: MysqlPool | null = null;
       return {
         dialect: new MysqlDialect({
-          pool,
+          pool: async () => {
+            const { createPool } = await import("mysql2");
+            pool = createPool({
+              uri: target.url,
+              connectionLimit: options.poolSize,
+              timezone: "Z",
+              dateStrings: false,
+              supportBigNumbers: true,
+              connectTimeout: 5000,
+              enableKeepAlive: true,
+            });
+            return pool;
+          },
           onCreateConnection: async (connection) => {
             // READ COMMITTED: every statement sees the latest committed rows, and InnoDB takes no
             // gap locks; correctness comes from the named and row locks (README, Concurrency).
@@ -177,27 +213,36 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Create
       };
     }
     case "postgres": {
-      const pool = new pg.Pool({
-        Client: PreparingClient,
-        connectionString: target.url,
-        max: options.poolSize,
-        connectionTimeoutMillis: 5000,
-        // Connections are renewed every few minutes, so that no prepared statement keeps a plan
-        // made when the table was small for longer than that (autovacuum's ANALYZE re-plans
-        // them sooner; it is on by default).
-        maxLifetimeSeconds: 300,
-        options: `-c lock_timeout=${options.lockTimeoutMs} -c default_transaction_isolation=read\\ committed`,
-      });
-      // An idle connection that the server drops (a restart, a failover) must not crash the
-      // process: the pool discards it, and the next query opens a new one.
-      pool.on("error", (error) => options.onIdleConnectionError?.(error));
+      let pool: pg.Pool | null = null;
       return {
-        dialect: new PostgresDialect({ pool }),
-        poolStats: () => ({
-          inUse: pool.totalCount - pool.idleCount,
-          idle: pool.idleCount,
-          waiting: pool.waitingCount,
+        dialect: new PostgresDialect({
+          pool: async () => {
+            const { Pool, Client } = (await import("pg")).default;
+            pool = new Pool({
+              Client: preparingClient(Client),
+              connectionString: target.url,
+              max: options.poolSize,
+              connectionTimeoutMillis: 5000,
+              // Connections are renewed every few minutes, so that no prepared statement keeps a
+              // plan made when the table was small for longer than that (autovacuum's ANALYZE
+              // re-plans them sooner; it is on by default).
+              maxLifetimeSeconds: 300,
+              options: `-c lock_timeout=${options.lockTimeoutMs} -c default_transaction_isolation=read\\ committed`,
+            });
+            // An idle connection that the server drops (a restart, a failover) must not crash the
+            // process: the pool discards it, and the next query opens a new one.
+            pool.on("error", (error) => options.onIdleConnectionError?.(error));
+            return pool;
+          },
         }),
+        poolStats: () =>
+          pool === null
+            ? { inUse: 0, idle: 0, waiting: 0 }
+            : {
+                inUse: pool.totalCount - pool.idleCount,
+                idle: pool.idleCount,
+                waiting: pool.waitingCount,
+              },
       };
     }
   }
@@ -226,15 +271,17 @@ function statementName(text: string): string {
  * and named statements tripled the reads per second (README, Benchmark). The name is a digest
  * of the text, so one name never stands for two texts.
  */
-class PreparingClient extends pg.Client {
-  override query(...args: unknown[]): never {
-    const [text, values, ...rest] = args;
-    const query = super.query.bind(this) as (...a: unknown[]) => never;
-    if (typeof text === "string" && Array.isArray(values) && values.length > 0) {
-      return query({ name: statementName(text), text, values }, ...rest);
+function preparingClient(Client: typeof pg.Client): typeof pg.Client {
+  return class PreparingClient extends Client {
+    override query(...args: unknown[]): never {
+      const [text, values, ...rest] = args;
+      const query = super.query.bind(this) as (...a: unknown[]) => never;
+      if (typeof text === "string" && Array.isArray(values) && values.length > 0) {
+        return query({ name: statementName(text), text, values }, ...rest);
+      }
+      return query(...args);
     }
-    return query(...args);
-  }
+  };
 }
 
 /**
@@ -316,6 +363,7 @@ export function openDatabase(target: DatabaseTarget, options: DatabaseOptions): 
     poolStats: created.poolStats,
     destroy: async () => {
       await created.sqlite?.flush();
+      await created.stop?.();
       await db.destroy();
     },
   };

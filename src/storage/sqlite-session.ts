@@ -47,6 +47,10 @@ export class SqliteSession {
   private draining: Promise<void> | null = null;
   private batches = 0;
   private transactions = 0;
+  /** While set, no batch starts (a checkpoint runs elsewhere); `open` lets them start again. */
+  private gate: { readonly passed: Promise<void>; readonly open: () => void } | null = null;
+  /** The batch running now, if any. */
+  private running: Promise<void> | null = null;
 
   constructor(
     private readonly prepare: (sql: string) => SqliteDatabase.Statement,
@@ -90,6 +94,23 @@ export class SqliteSession {
     return { batches: this.batches, transactions: this.transactions };
   }
 
+  /** Lets the running batch finish and starts no other until `resume`. */
+  async pause(): Promise<void> {
+    if (this.gate === null) {
+      let open = (): void => undefined;
+      const passed = new Promise<void>((resolve) => {
+        open = resolve;
+      });
+      this.gate = { passed, open };
+    }
+    await this.running;
+  }
+
+  resume(): void {
+    this.gate?.open();
+    this.gate = null;
+  }
+
   private enqueue<T>(work: () => Promise<T>, writes: boolean): Promise<T> {
     return new Promise<T>((resolve, reject) => {
       this.queue.push({ work, writes, resolve: resolve as (value: unknown) => void, reject });
@@ -102,9 +123,16 @@ export class SqliteSession {
   private async drain(): Promise<void> {
     try {
       while (this.queue.length > 0) {
-        await this.runBatch(this.queue.splice(0, MAX_BATCH));
+        if (this.gate !== null) {
+          await this.gate.passed;
+          continue;
+        }
+        this.running = this.runBatch(this.queue.splice(0, MAX_BATCH));
+        await this.running;
+        this.running = null;
       }
     } finally {
+      this.running = null;
       this.draining = null;
     }
   }

@@ -1,0 +1,121 @@
+import { createRequire } from "node:module";
+import { Worker } from "node:worker_threads";
+import type { SqliteSession } from "./sqlite-session.js";
+
+export interface CheckpointerOptions {
+  /** The database file (not :memory:). */
+  readonly path: string;
+  readonly synchronous: "full" | "normal";
+  /** How often the thread checkpoints what is in the WAL. */
+  readonly intervalMs: number;
+  /** WAL frames (pages) past which writers pause so that a checkpoint completes and the WAL restarts. */
+  readonly restartFrames: number;
+  /** Told when the thread fails; the connection then checkpoints by itself again. */
+  readonly onError: (error: Error) => void;
+}
+
+/**
+ * The checkpointer thread. CommonJS, evaluated as a worker: it opens its own connection to the
+ * file and runs PASSIVE checkpoints (they never block a writer or a reader). Under steady writes
+ * a checkpoint never catches up with the end of the WAL, and the WAL would only grow; past
+ * `restartFrames` it asks the main thread to pause its writers, checkpoints once more (now to the
+ * end), and lets them go: the next writer starts the WAL from the beginning again.
+ */
+const WORKER_SOURCE = `
+const { parentPort, workerData } = require("node:worker_threads");
+const Database = require(workerData.driver);
+const db = new Database(workerData.path, { fileMustExist: true });
+db.pragma("busy_timeout = 1000");
+db.pragma("synchronous = " + workerData.synchronous);
+let waiting = false;
+const checkpoint = () => db.pragma("wal_checkpoint(PASSIVE)")[0];
+const timer = setInterval(() => {
+  if (waiting) return;
+  const { log, checkpointed } = checkpoint();
+  if (log >= workerData.restartFrames && checkpointed < log) {
+    waiting = true;
+    parentPort.postMessage("pause");
+  }
+}, workerData.intervalMs);
+parentPort.on("message", (message) => {
+  if (message === "paused") {
+    try {
+      checkpoint();
+    } finally {
+      waiting = false;
+      parentPort.postMessage("resume");
+    }
+  } else if (message === "stop") {
+    clearInterval(timer);
+    db.close();
+    parentPort.close();
+  }
+});
+`;
+
+/** The longest writers stay paused for one checkpoint. */
+const PAUSE_LIMIT_MS = 1000;
+
+/** A running checkpointer thread; `stop` ends it. */
+export interface Checkpointer {
+  stop(): Promise<void>;
+}
+
+/**
+ * Moves SQLite's WAL checkpoints off the event loop. By default the connection that commits runs
+ * them, inside COMMIT, every 1,000 pages: a checkpoint copies those pages into the database file
+ * and syncs it, which blocked the event loop for about 6 ms each time under load and made up
+ * half of all COMMIT time (README, Benchmark). The caller sets the connection's
+ * `wal_autocheckpoint` high, as a fallback; this thread does the checkpoints.
+ */
+export function startCheckpointer(
+  session: SqliteSession,
+  options: CheckpointerOptions,
+): Checkpointer {
+  const worker = new Worker(WORKER_SOURCE, {
+    eval: true,
+    workerData: {
+      driver: createRequire(import.meta.url).resolve("better-sqlite3"),
+      path: options.path,
+      synchronous: options.synchronous,
+      intervalMs: options.intervalMs,
+      restartFrames: options.restartFrames,
+    },
+  });
+  worker.unref();
+  let deadline: NodeJS.Timeout | undefined;
+  const resume = () => {
+    clearTimeout(deadline);
+    session.resume();
+  };
+  worker.on("message", (message: unknown) => {
+    if (message === "pause") {
+      void session.pause().then(() => {
+        // Writers never wait on the thread for long, whatever happens to it.
+        deadline = setTimeout(resume, PAUSE_LIMIT_MS).unref();
+        worker.postMessage("paused");
+      });
+    } else if (message === "resume") {
+      resume();
+    }
+  });
+  worker.on("error", (error) => {
+    resume();
+    options.onError(error);
+  });
+  const exited = new Promise<void>((resolve) =>
+    worker.once("exit", () => {
+      resolve();
+    }),
+  );
+  return {
+    stop: async () => {
+      // Held until it has closed its connection: an unreferenced thread would let the process
+      // end first.
+      worker.ref();
+      worker.postMessage("stop");
+      await exited;
+      resume();
+    },
+  };
+}
