@@ -4,8 +4,8 @@
  * ceiling in the same run. Prints a table and writes JSON to benchmarks/results/.
  *
  * Options: --customers N (10000), --duration S (10), --connections N (32), --bulk (load rows
- * directly instead of through the API), --configs a,b (sqlite, mysql, postgres, mysql-nocache,
- * postgres-nocache, sqlite-nocache), --workers N (server processes), --out FILE.
+ * directly instead of through the API), --configs a,b (sqlite, mysql, postgres, sqlite-memcache,
+ * mysql-nocache, postgres-nocache), --workers N (server processes), --out FILE.
  * Servers: BENCH_MYSQL_URL, BENCH_POSTGRES_URL, BENCH_REDIS_URL (defaults: this machine's).
  */
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -30,7 +30,10 @@ const { values: args } = parseArgs({
     customers: { type: "string", default: "10000" },
     duration: { type: "string", default: "10" },
     connections: { type: "string", default: "32" },
-    configs: { type: "string", default: "sqlite,mysql,postgres,mysql-nocache,postgres-nocache" },
+    configs: {
+      type: "string",
+      default: "sqlite,mysql,postgres,sqlite-memcache,mysql-nocache,postgres-nocache",
+    },
     bulk: { type: "boolean", default: false },
     workers: { type: "string", default: "1" },
     out: { type: "string" },
@@ -51,8 +54,8 @@ interface ConfigSpec {
 }
 
 const SPECS: Record<string, ConfigSpec> = {
-  sqlite: { name: "SQLite, in-process cache", dialect: "sqlite", cache: "memory" },
-  "sqlite-nocache": { name: "SQLite, cache off", dialect: "sqlite", cache: "off" },
+  sqlite: { name: "SQLite (default: no cache)", dialect: "sqlite", cache: "off" },
+  "sqlite-memcache": { name: "SQLite, in-process cache", dialect: "sqlite", cache: "memory" },
   mysql: { name: "MariaDB + Redis", dialect: "mysql", cache: "redis" },
   "mysql-nocache": { name: "MariaDB, cache off", dialect: "mysql", cache: "off" },
   postgres: { name: "PostgreSQL + Redis", dialect: "postgres", cache: "redis" },

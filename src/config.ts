@@ -17,7 +17,8 @@ export interface Config {
   readonly logLevel: LogLevel;
   readonly errorMessages: ErrorMessages;
   readonly redisUrl: string | null;
-  readonly cache: "on" | "off";
+  /** auto: see the CACHE variable; deps.ts decides. */
+  readonly cache: "auto" | "on" | "off";
   readonly cacheTtlSeconds: number;
   readonly cachePrefix: string;
   readonly cacheMaxEntries: number;
@@ -169,9 +170,10 @@ export const VARIABLES = [
   variable({
     name: "CACHE",
     key: "cache",
-    default: "on",
-    meaning: "off disables the cache: every request reads the database.",
-    parse: oneOf("on", "off"),
+    default: "auto",
+    meaning:
+      "auto: Redis with REDIS_URL; without it, in-process for MariaDB/PostgreSQL and none for SQLite. on: a cache always (in-process without REDIS_URL). off: every request reads the database.",
+    parse: oneOf("auto", "on", "off"),
   }),
   variable({
     name: "CACHE_TTL_SECONDS",

@@ -92,7 +92,11 @@ export function readinessOf(database: Database, cache: CustomerCache): () => Pro
   };
 }
 
-/** Picks the cache adapter: Redis when REDIS_URL is set, else in-process; none with CACHE=off. */
+/**
+ * Picks the cache adapter: Redis when REDIS_URL is set, else in-process; none with CACHE=off, and
+ * none by default (CACHE=auto) on SQLite without Redis: there a read in the connection's batch
+ * costs less than the in-process cache's bookkeeping (README, Benchmark).
+ */
 export async function createCache(
   config: Config,
   logger: FastifyBaseLogger,
@@ -101,6 +105,9 @@ export async function createCache(
     return new NoCache();
   }
   if (config.redisUrl === null) {
+    if (config.cache === "auto" && config.database.dialect === "sqlite") {
+      return new NoCache();
+    }
     if (config.workers > 1) {
       logger.warn(
         "WORKERS > 1 without REDIS_URL: the in-process cache would not be shared, so it is off",

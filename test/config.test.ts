@@ -18,7 +18,7 @@ describe("loadConfig", () => {
       logLevel: "info",
       errorMessages: "masked",
       redisUrl: null,
-      cache: "on",
+      cache: "auto",
       cacheTtlSeconds: 3600,
       cachePrefix: "identity:v1:",
       cacheMaxEntries: 100000,

@@ -131,7 +131,8 @@ describe("server lifecycle", { timeout: 120_000 }, () => {
   );
 
   it("runs WORKERS processes on one port, aggregates their metrics, and stops them all", async () => {
-    const server = await startServer({ DATABASE_URL: suite.test.url, WORKERS: "2" });
+    // CACHE=on asks for a cache that WORKERS > 1 without Redis cannot share (CACHE=auto would not).
+    const server = await startServer({ DATABASE_URL: suite.test.url, WORKERS: "2", CACHE: "on" });
     const pid = server.process.pid ?? 0;
     for (let i = 0; i < 50 && childrenOf(pid).length < 2; i++) {
       await sleep(100);

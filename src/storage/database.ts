@@ -116,7 +116,7 @@ interface Created {
   readonly dialect: Dialect;
   readonly poolStats: () => PoolStats;
   readonly sqlite?: SqliteSession;
-  /** Stops what the dialect started besides its connections (the SQLite checkpointer). */
+  /** SQLite: stops the checkpointer and closes the connection; later transactions reject. */
   readonly stop?: () => Promise<void>;
 }
 
@@ -164,19 +164,27 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Create
           intervalMs: 100,
           restartFrames: WAL_RESTART_FRAMES,
           onError: (error) => {
-            database.pragma(`wal_autocheckpoint = ${WAL_RESTART_FRAMES}`);
+            if (database.open) {
+              database.pragma(`wal_autocheckpoint = ${WAL_RESTART_FRAMES}`);
+            }
             options.onCheckpointError?.(error);
           },
         });
         stop = () => checkpointer.stop();
       }
+      const close = async () => {
+        await stop?.();
+        session.close();
+        // Kysely closes it too, but only if it ever used it.
+        database.close();
+      };
       return {
         dialect: new ImmediateSqliteDialect({
           database: { close: () => database.close(), prepare },
         }),
         poolStats: () => ({ inUse: 0, idle: 1, waiting: 0 }),
         sqlite: session,
-        stop,
+        stop: close,
       };
     }
     case "mysql": {

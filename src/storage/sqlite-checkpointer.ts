@@ -25,14 +25,22 @@ const WORKER_SOURCE = `
 const { parentPort, workerData } = require("node:worker_threads");
 const Database = require(workerData.driver);
 const db = new Database(workerData.path, { fileMustExist: true });
-db.pragma("busy_timeout = 1000");
 db.pragma("synchronous = " + workerData.synchronous);
 let waiting = false;
+// Checkpoint rounds to skip before the next pause: it grows while paused checkpoints still do not
+// reach the end of the WAL (other processes on the file keep writing), so that a process does not
+// pause its writers for nothing.
+let skip = 0;
+let backoff = 0;
 const checkpoint = () => db.pragma("wal_checkpoint(PASSIVE)")[0];
 const timer = setInterval(() => {
   if (waiting) return;
   const { log, checkpointed } = checkpoint();
   if (log >= workerData.restartFrames && checkpointed < log) {
+    if (skip > 0) {
+      skip--;
+      return;
+    }
     waiting = true;
     parentPort.postMessage("pause");
   }
@@ -40,7 +48,9 @@ const timer = setInterval(() => {
 parentPort.on("message", (message) => {
   if (message === "paused") {
     try {
-      checkpoint();
+      const { log, checkpointed } = checkpoint();
+      backoff = checkpointed < log ? Math.min(Math.max(backoff * 2, 1), 300) : 0;
+      skip = backoff;
     } finally {
       waiting = false;
       parentPort.postMessage("resume");
@@ -86,13 +96,16 @@ export function startCheckpointer(
   let deadline: NodeJS.Timeout | undefined;
   const resume = () => {
     clearTimeout(deadline);
+    worker.unref();
     session.resume();
   };
   worker.on("message", (message: unknown) => {
     if (message === "pause") {
+      // Referenced while writers wait on it, so that the process does not end meanwhile.
+      worker.ref();
       void session.pause().then(() => {
         // Writers never wait on the thread for long, whatever happens to it.
-        deadline = setTimeout(resume, PAUSE_LIMIT_MS).unref();
+        deadline = setTimeout(resume, PAUSE_LIMIT_MS);
         worker.postMessage("paused");
       });
     } else if (message === "resume") {
@@ -105,6 +118,7 @@ export function startCheckpointer(
   });
   const exited = new Promise<void>((resolve) =>
     worker.once("exit", () => {
+      resume();
       resolve();
     }),
   );
@@ -114,7 +128,9 @@ export function startCheckpointer(
       // end first.
       worker.ref();
       worker.postMessage("stop");
+      const timer = setTimeout(() => void worker.terminate(), PAUSE_LIMIT_MS);
       await exited;
+      clearTimeout(timer);
       resume();
     },
   };

@@ -28,18 +28,25 @@ function failure(doing: string, error: unknown): DatabaseError {
  * The one SQLite connection of the process, used directly (better-sqlite3 is synchronous), with
  * group commit.
  *
- * Transactions queue up and run in batches, one per turn of the event loop: one BEGIN, each
- * queued transaction in turn, one COMMIT. A transaction's promise settles only after the COMMIT
- * of its batch, so nothing is acknowledged before it is committed. The COMMIT is most of a small
- * write transaction's cost (it writes the WAL), and the transactions that reach the database in
- * one turn share it. If one transaction fails, the batch rolls back: that one rejects with its
- * error and the others run again in the next batch, from the start, as after a deadlock.
+ * Transactions queue up and run in batches, one turn of the event loop's worth at a time: one
+ * BEGIN, each queued transaction in turn, one COMMIT. A transaction's promise settles only after
+ * the COMMIT of its batch, so nothing is acknowledged before it is committed. The COMMIT is most
+ * of a small write transaction's cost (it writes the WAL), and the transactions that reach the
+ * database in one turn share it.
  *
- * Reads run in the batches too. Outside a transaction, each SQLite read would begin and end a
- * WAL read transaction of its own (two lock calls), which cost more than the read; and a read
- * on this connection while a batch is open would see rows not committed yet. A batch of reads
- * alone begins with BEGIN (no write lock, so other processes on the file are not held up); a
- * batch with a write, with BEGIN IMMEDIATE.
+ * - If one transaction fails, the batch rolls back: that one rejects with its error, and the
+ *   others run again in the next batch, from the start, as after a deadlock.
+ * - If the COMMIT of several fails (a deferred constraint, an I/O error), each runs again alone,
+ *   so that only the one at fault fails.
+ * - Reads run in batches too, first and apart from the writes, under a plain BEGIN (no write
+ *   lock: other processes on the file never hold them up). Outside a transaction each read
+ *   would begin and end a WAL read transaction of its own (two lock calls), which cost more than
+ *   the read; and a read on this connection while a write batch is open would see rows not
+ *   committed yet.
+ *
+ * The contract of a transaction's `work`: it uses only this session's synchronous `run`, awaits
+ * nothing else (so a batch ends within the turn it started in), never queues another transaction
+ * itself (it would wait for its own batch), and can run more than once.
  */
 export class SqliteSession {
   private readonly queue: Job[] = [];
@@ -51,6 +58,7 @@ export class SqliteSession {
   private gate: { readonly passed: Promise<void>; readonly open: () => void } | null = null;
   /** The batch running now, if any. */
   private running: Promise<void> | null = null;
+  private closed = false;
 
   constructor(
     private readonly prepare: (sql: string) => SqliteDatabase.Statement,
@@ -70,8 +78,7 @@ export class SqliteSession {
 
   /**
    * Runs `work` in a write transaction shared with the others queued in this turn of the event
-   * loop; resolves with its result after COMMIT. `work` may run more than once (see the class
-   * comment) and must use only this session's synchronous `run`.
+   * loop; resolves with its result after COMMIT. See the class comment for what `work` may do.
    */
   write<T>(work: () => Promise<T>): Promise<T> {
     return this.enqueue(work, true);
@@ -111,7 +118,15 @@ export class SqliteSession {
     this.gate = null;
   }
 
+  /** From now on every transaction rejects: the connection is being closed. */
+  close(): void {
+    this.closed = true;
+  }
+
   private enqueue<T>(work: () => Promise<T>, writes: boolean): Promise<T> {
+    if (this.closed) {
+      return Promise.reject(new DatabaseError("the database is closed"));
+    }
     return new Promise<T>((resolve, reject) => {
       this.queue.push({ work, writes, resolve: resolve as (value: unknown) => void, reject });
       this.draining ??= new Promise((drained) => {
@@ -127,7 +142,7 @@ export class SqliteSession {
           await this.gate.passed;
           continue;
         }
-        this.running = this.runBatch(this.queue.splice(0, MAX_BATCH));
+        this.running = this.runBatch(this.nextBatch());
         await this.running;
         this.running = null;
       }
@@ -137,16 +152,48 @@ export class SqliteSession {
     }
   }
 
+  /**
+   * The queued reads, if there are any, else the queued writes (at most MAX_BATCH). Reads go
+   * first and apart: under BEGIN IMMEDIATE they would wait for other processes' write locks.
+   */
+  private nextBatch(): Job[] {
+    const writes = this.queue.every((job) => job.writes);
+    const batch: Job[] = [];
+    for (let i = 0; i < this.queue.length && batch.length < MAX_BATCH;) {
+      if (this.queue[i]?.writes === writes) {
+        batch.push(...this.queue.splice(i, 1));
+      } else {
+        i++;
+      }
+    }
+    return batch;
+  }
+
   private async runBatch(jobs: Job[]): Promise<void> {
+    const failed = await this.attempt(jobs);
+    if (failed !== null && jobs.length > 1) {
+      // COMMIT failed (a deferred constraint, an I/O error): run each alone, so that only the
+      // transaction at fault fails.
+      for (const job of jobs) {
+        await this.attempt([job]);
+      }
+    }
+  }
+
+  /**
+   * Runs the jobs in one transaction and settles them, except when COMMIT of several fails:
+   * then it returns that error and settles none.
+   */
+  private async attempt(jobs: Job[]): Promise<DatabaseError | null> {
+    const writes = jobs.some((job) => job.writes);
     try {
-      const writes = jobs.some((job) => job.writes);
       this.run({ sql: writes ? "begin immediate" : "begin", parameters: [] });
     } catch (error) {
       const reason = failure("beginning a transaction", error);
       for (const job of jobs) {
         job.reject(reason);
       }
-      return;
+      return null;
     }
     for (const job of jobs) {
       try {
@@ -155,7 +202,7 @@ export class SqliteSession {
         this.rollback();
         job.reject(error);
         this.queue.unshift(...jobs.filter((other) => other !== job));
-        return;
+        return null;
       }
     }
     try {
@@ -163,16 +210,20 @@ export class SqliteSession {
     } catch (error) {
       this.rollback();
       const reason = failure("committing", error);
+      if (jobs.length > 1) {
+        return reason;
+      }
       for (const job of jobs) {
         job.reject(reason);
       }
-      return;
+      return null;
     }
     this.batches++;
     this.transactions += jobs.length;
     for (const job of jobs) {
       job.resolve(job.result);
     }
+    return null;
   }
 
   private rollback(): void {

@@ -104,9 +104,9 @@ describe("SqliteSession (group commit)", () => {
     );
   });
 
-  it("rejects every transaction of a batch whose COMMIT fails, and keeps none of their rows", async () => {
+  it("when the COMMIT of a batch fails, runs each transaction alone: only the one at fault fails", async () => {
     // A deferred foreign key is checked at COMMIT.
-    const results = await Promise.allSettled([
+    const [ok, orphan] = await Promise.allSettled([
       session.write(() => Promise.resolve(session.run(insert("ok")))),
       session.write(() =>
         Promise.resolve(
@@ -117,28 +117,55 @@ describe("SqliteSession (group commit)", () => {
         ),
       ),
     ]);
-    for (const result of results) {
-      assert.equal(result.status, "rejected");
-      assert.ok(result.reason instanceof DatabaseError);
-      assert.match(result.reason.message, /^committing: FOREIGN KEY constraint failed/);
-    }
-    assert.deepEqual(committed(), []);
+    assert.deepEqual(ok, { status: "fulfilled", value: [] });
+    assert.equal(orphan.status, "rejected");
+    assert.ok(orphan.reason instanceof DatabaseError);
+    assert.match(orphan.reason.message, /^committing: FOREIGN KEY constraint failed/);
+    assert.deepEqual(committed(), ["ok"]);
+    assert.deepEqual(
+      statements.filter((sql) => /^(begin|commit|rollback)/.test(sql)),
+      [
+        // both together: COMMIT fails
+        "begin immediate",
+        "commit",
+        "rollback",
+        // each alone
+        "begin immediate",
+        "commit",
+        "begin immediate",
+        "commit",
+        "rollback",
+      ],
+    );
     // The connection is usable again.
     await session.write(() => Promise.resolve(session.run(insert("after"))));
-    assert.deepEqual(committed(), ["after"]);
+    assert.deepEqual(committed(), ["ok", "after"]);
   });
 
-  it("reads in a batch without the write lock, and sees only what is committed", async () => {
+  it("reads in batches of their own, ahead of the writes and without the write lock", async () => {
     await session.write(() => Promise.resolve(session.run(insert("a"))));
     statements = [];
-    const rows = await session.read(() => session.run(values));
-    assert.deepEqual(rows, [{ value: "a" }]);
-    assert.deepEqual(statements, ["begin", values.sql, "commit"]);
-    // A read queued with a write is in that write's batch: it settles after the COMMIT.
     const [, read] = await Promise.all([
       session.write(() => Promise.resolve(session.run(insert("b")))),
       session.read(() => session.run(values)),
     ]);
-    assert.deepEqual(read, [{ value: "a" }, { value: "b" }]);
+    assert.deepEqual(read, [{ value: "a" }]);
+    assert.deepEqual(statements, [
+      "begin",
+      values.sql,
+      "commit",
+      "begin immediate",
+      insert("").sql,
+      "commit",
+    ]);
+  });
+
+  it("rejects transactions once closed", async () => {
+    session.close();
+    await assert.rejects(
+      session.write(() => Promise.resolve(session.run(insert("late")))),
+      (error) => error instanceof DatabaseError && error.message === "the database is closed",
+    );
+    assert.deepEqual(committed(), []);
   });
 });

@@ -1,0 +1,72 @@
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { readFileSync } from "node:fs";
+import { after, before, describe, it } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { openDatabase } from "../../src/storage/database.js";
+import type { Database } from "../../src/storage/database.js";
+import { createTestDatabase } from "../support/databases.js";
+import type { TestDatabase } from "../support/databases.js";
+
+describe("SQLite checkpointer thread", () => {
+  let test: TestDatabase;
+  let database: Database;
+
+  before(async () => {
+    test = await createTestDatabase("sqlite");
+    database = openDatabase(test.target, { poolSize: 1, lockTimeoutMs: 5000 });
+  });
+
+  after(async () => {
+    await database.destroy();
+    await test.drop();
+  });
+
+  /**
+   * Frames in the WAL now: mxFrame of the WAL-index header, at byte 16 of the -shm file (SQLite's
+   * file format, section "WAL-Index Format"). Read from the file, not by a checkpoint, which would
+   * do the thread's work.
+   */
+  function walFrames(): number {
+    if (test.target.dialect !== "sqlite") {
+      throw new Error("SQLite only");
+    }
+    return readFileSync(`${test.target.path}-shm`).readUInt32LE(16);
+  }
+
+  it("checkpoints the WAL and has it restarted, where the connection alone would let it grow", async () => {
+    const session = database.sqlite;
+    assert.ok(session !== null);
+    await session.write(() =>
+      Promise.resolve(session.run({ sql: "create table blob (data blob)", parameters: [] })),
+    );
+    // About 3,000 pages in 30 transactions: below the connection's own threshold (4,000), above
+    // the thread's (1,000).
+    for (let i = 0; i < 30; i++) {
+      if (i === 29) {
+        assert.ok(walFrames() >= 1000, `only ${walFrames()} frames were written`);
+      }
+      await session.write(() => {
+        for (let j = 0; j < 25; j++) {
+          session.run({
+            sql: "insert into blob (data) values (?)",
+            parameters: [randomBytes(16000)],
+          });
+        }
+        return Promise.resolve();
+      });
+    }
+    let frames = Number.POSITIVE_INFINITY;
+    for (let i = 0; i < 50 && frames > 100; i++) {
+      await sleep(100);
+      // A small write: it restarts the WAL from the beginning once a checkpoint reached its end.
+      await session.write(() =>
+        Promise.resolve(
+          session.run({ sql: "insert into blob (data) values (?)", parameters: [Buffer.alloc(1)] }),
+        ),
+      );
+      frames = walFrames();
+    }
+    assert.ok(frames <= 100, `the WAL still holds ${frames} frames`);
+  });
+});
