@@ -153,6 +153,10 @@ export class RedisCustomerCache implements CustomerCache {
   readonly kind = "redis" as const;
   private readonly redis: Redis;
   private readonly scripted: ScriptedRedis;
+  /** The connection, for another user of the same Redis (the rate limiter) to share. */
+  get client(): Redis {
+    return this.redis;
+  }
   private readonly counters = emptyStats();
   /** Writes owed to Redis: per primary id, drop its entry or make it a tombstone. */
   private readonly pending = new Map<number, Debt>();

@@ -16,6 +16,7 @@ import type {
   Dialect,
   DialectAdapter,
   Driver,
+  MysqlPool as KyselyMysqlPool,
   SqliteDialectConfig,
 } from "kysely";
 import type { Pool as MysqlPool } from "mysql2";
@@ -204,7 +205,7 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Create
               connectTimeout: 5000,
               enableKeepAlive: true,
             });
-            return pool;
+            return preparingPool(pool);
           },
           onCreateConnection: async (connection) => {
             // READ COMMITTED: every statement sees the latest committed rows, and InnoDB takes no
@@ -289,6 +290,38 @@ function preparingClient(Client: typeof pg.Client): typeof pg.Client {
       }
       return query(...args);
     }
+  };
+}
+
+/**
+ * The mysql2 pool as Kysely uses it, whose connections run every statement with parameters as a
+ * server-side prepared statement (`execute`, cached per connection), not as text with the values
+ * escaped into it by the client (`query`): the server parses each text once per connection, and
+ * no value ever travels inside SQL text.
+ */
+function preparingPool(pool: MysqlPool): KyselyMysqlPool {
+  type Callback = (error: unknown, result: unknown) => void;
+  const prepared = new WeakSet<object>();
+  return {
+    getConnection: (callback) => {
+      pool.getConnection((error, connection) => {
+        if (!prepared.has(connection)) {
+          prepared.add(connection);
+          const query = connection.query.bind(connection) as (...args: unknown[]) => unknown;
+          const execute = connection.execute.bind(connection) as (...args: unknown[]) => unknown;
+          Object.assign(connection, {
+            query: (sql: string, values?: unknown[], done?: Callback) =>
+              Array.isArray(values) && values.length > 0 && done !== undefined
+                ? execute(sql, values, done)
+                : query(sql, values, done),
+          });
+        }
+        callback(error, connection);
+      });
+    },
+    end: (callback) => {
+      pool.end(callback);
+    },
   };
 }
 
