@@ -220,6 +220,22 @@ async function memoryMb(url: string): Promise<Record<string, number>> {
   return memory;
 }
 
+/** SQLite's average transactions per committed batch, reads and writes, from /metrics. */
+async function sqliteBatchSizes(url: string): Promise<Record<string, number> | null> {
+  const text = await (await fetch(`${url}/metrics`)).text();
+  const read = (name: string, kind: string) =>
+    Number(new RegExp(`^${name}\\{kind="${kind}"\\} (\\d+)`, "m").exec(text)?.[1] ?? NaN);
+  const sizes: Record<string, number> = {};
+  for (const kind of ["read", "write"]) {
+    const batches = read("db_sqlite_batches_total", kind);
+    const transactions = read("db_sqlite_batched_transactions_total", kind);
+    if (batches > 0) {
+      sizes[kind] = Math.round((transactions / batches) * 10) / 10;
+    }
+  }
+  return Object.keys(sizes).length > 0 ? sizes : null;
+}
+
 /** Share of each outcome/source among the requests answered between two scrapes. */
 function outcomeShares(
   before: Record<string, number>,
@@ -343,6 +359,10 @@ async function runConfig(key: string, spec: ConfigSpec): Promise<Result | null> 
     const outcomes = outcomeShares(before, await outcomeCounts(server.url));
     log(`${key}: outcomes (%) ${JSON.stringify(outcomes)}`);
     log(`${key}: memory after the run (MB) ${JSON.stringify(await memoryMb(server.url))}`);
+    const batches = await sqliteBatchSizes(server.url);
+    if (batches !== null) {
+      log(`${key}: SQLite transactions per batch since start ${JSON.stringify(batches)}`);
+    }
     await server.stop();
     server = null;
     return { config: spec.name, ...measured, storedContacts: await countContacts(test), outcomes };

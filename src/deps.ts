@@ -200,7 +200,12 @@ export async function createDeps(config: Config, logger: FastifyBaseLogger): Pro
   // event loop's lookups and limit checks then go out in one write, not two (README, Benchmark).
   const { cache, redis: cacheRedis } = await createCache(config, logger);
   const security = await securityOf(config, logger, cacheRedis);
-  const metrics = createMetrics({ cache: () => cache.stats(), pool: () => database.poolStats() });
+  const { sqlite } = database;
+  const metrics = createMetrics({
+    cache: () => cache.stats(),
+    pool: () => database.poolStats(),
+    ...(sqlite === null ? {} : { sqlite: () => sqlite.stats() }),
+  });
   const store = new SqlContactStore(database, undefined, {
     onRetry: (attempt, cause) => {
       metrics.transactionRetried();

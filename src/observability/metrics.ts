@@ -2,11 +2,14 @@ import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom
 import type { CacheStats } from "../cache/customer-cache.js";
 import type { IdentifyOutcome } from "../domain/reconcile.js";
 import type { PoolStats } from "../storage/database.js";
+import type { SessionStats } from "../storage/sqlite-session.js";
 
 /** Where the metrics that are read, not counted, come from. */
 export interface MetricSources {
   readonly cache: () => CacheStats;
   readonly pool: () => PoolStats;
+  /** SQLite only: the group commit's batches. */
+  readonly sqlite?: () => SessionStats;
 }
 
 /** The service's Prometheus metrics, in one registry per process. */
@@ -79,6 +82,34 @@ export function createMetrics(sources: MetricSources): Metrics {
       this.set({ state: "waiting" }, stats.waiting);
     },
   });
+
+  const { sqlite } = sources;
+  if (sqlite !== undefined) {
+    new Counter({
+      name: "db_sqlite_batches_total",
+      help: "SQLite batches committed (group commit), by kind: read, write.",
+      labelNames: ["kind"] as const,
+      registers: [registry],
+      collect() {
+        const stats = sqlite();
+        this.reset();
+        this.inc({ kind: "read" }, stats.read.batches);
+        this.inc({ kind: "write" }, stats.write.batches);
+      },
+    });
+    new Counter({
+      name: "db_sqlite_batched_transactions_total",
+      help: "Transactions in the committed SQLite batches, by kind: read, write (÷ batches = batch size).",
+      labelNames: ["kind"] as const,
+      registers: [registry],
+      collect() {
+        const stats = sqlite();
+        this.reset();
+        this.inc({ kind: "read" }, stats.read.transactions);
+        this.inc({ kind: "write" }, stats.write.transactions);
+      },
+    });
+  }
 
   return {
     registry,

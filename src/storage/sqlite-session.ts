@@ -7,6 +7,12 @@ export interface SqlText {
   readonly parameters: readonly unknown[];
 }
 
+/** Committed batches and the transactions in them. */
+export interface SessionStats {
+  readonly read: { readonly batches: number; readonly transactions: number };
+  readonly write: { readonly batches: number; readonly transactions: number };
+}
+
 interface Job {
   readonly work: () => Promise<unknown>;
   /** False for a job that only reads: a batch of such jobs takes no write lock. */
@@ -52,8 +58,10 @@ export class SqliteSession {
   private readonly queue: Job[] = [];
   /** Settles when the queue is empty again; null when nothing is queued. */
   private draining: Promise<void> | null = null;
-  private batches = 0;
-  private transactions = 0;
+  private readonly counts = {
+    read: { batches: 0, transactions: 0 },
+    write: { batches: 0, transactions: 0 },
+  };
   /** While set, no batch starts (a checkpoint runs elsewhere); `open` lets them start again. */
   private gate: { readonly passed: Promise<void>; readonly open: () => void } | null = null;
   /** The batch running now, if any. */
@@ -96,9 +104,12 @@ export class SqliteSession {
     }
   }
 
-  /** Batches committed and transactions in them, since the start (for the average batch size). */
-  stats(): { readonly batches: number; readonly transactions: number } {
-    return { batches: this.batches, transactions: this.transactions };
+  /** Batches committed and the transactions in them since the start, for reads and writes apart. */
+  stats(): SessionStats {
+    return {
+      read: { ...this.counts.read },
+      write: { ...this.counts.write },
+    };
   }
 
   /** Lets the running batch finish and starts no other until `resume`. */
@@ -218,8 +229,9 @@ export class SqliteSession {
       }
       return null;
     }
-    this.batches++;
-    this.transactions += jobs.length;
+    const counts = writes ? this.counts.write : this.counts.read;
+    counts.batches++;
+    counts.transactions += jobs.length;
     for (const job of jobs) {
       job.resolve(job.result);
     }

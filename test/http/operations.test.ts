@@ -109,6 +109,10 @@ describe("operations endpoints", () => {
     assert.ok(value(/cache_operations_total\{result="publication"\} (\d+)/) >= 2);
     assert.match(text, /db_transaction_retries_total \d+/);
     assert.match(text, /db_pool_connections\{state="waiting"\} 0/);
+    // SQLite's group commit: every write so far committed in some batch.
+    const writeBatches = value(/db_sqlite_batches_total\{kind="write"\} (\d+)/);
+    assert.ok(writeBatches >= 1);
+    assert.ok(value(/db_sqlite_batched_transactions_total\{kind="write"\} (\d+)/) >= writeBatches);
   });
 
   it("publishes an OpenAPI 3.1 document with every status and its masked message", async () => {

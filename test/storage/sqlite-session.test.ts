@@ -77,7 +77,10 @@ describe("SqliteSession (group commit)", () => {
       ...Array<string>(4).fill(insert("").sql),
       "commit",
     ]);
-    assert.deepEqual(session.stats(), { batches: 1, transactions: 4 });
+    assert.deepEqual(session.stats(), {
+      read: { batches: 0, transactions: 0 },
+      write: { batches: 1, transactions: 4 },
+    });
   });
 
   it("rolls back a batch when one transaction fails: that one rejects, the others run again and commit", async () => {

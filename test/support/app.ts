@@ -45,7 +45,12 @@ export async function startApp(
   });
   const logger = pino({ level: "info" }, sink);
   const cache = options.cache ?? new MemoryCustomerCache({ ttlSeconds: 3600, maxEntries: 10_000 });
-  const metrics = createMetrics({ cache: () => cache.stats(), pool: () => database.poolStats() });
+  const { sqlite } = database;
+  const metrics = createMetrics({
+    cache: () => cache.stats(),
+    pool: () => database.poolStats(),
+    ...(sqlite === null ? {} : { sqlite: () => sqlite.stats() }),
+  });
   const store = new SqlContactStore(database, undefined, {
     onRetry: () => {
       metrics.transactionRetried();
