@@ -149,8 +149,7 @@ export const VARIABLES = [
     name: "REDIS_URL",
     key: "redisUrl",
     default: "",
-    meaning:
-      "Redis for the shared cache, e.g. redis://127.0.0.1:6379/0. Unset: an in-process cache (one process only).",
+    meaning: "Redis for the shared cache, e.g. redis://127.0.0.1:6379/0. Unset: see CACHE.",
     parse: (value) => {
       if (value === "") {
         return null;
@@ -172,7 +171,7 @@ export const VARIABLES = [
     key: "cache",
     default: "auto",
     meaning:
-      "auto: Redis with REDIS_URL; without it, in-process for MariaDB/PostgreSQL and none for SQLite. on: a cache always (in-process without REDIS_URL). off: every request reads the database.",
+      "auto: Redis with REDIS_URL; without it, in-process for MariaDB/PostgreSQL and none for SQLite. on: a cache always (in-process without REDIS_URL, but none with WORKERS > 1). off: every request reads the database.",
     parse: oneOf("auto", "on", "off"),
   }),
   variable({

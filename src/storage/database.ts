@@ -204,6 +204,9 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Create
               supportBigNumbers: true,
               connectTimeout: 5000,
               enableKeepAlive: true,
+              // Per connection; the service sends a handful of fixed texts, and the server's
+              // max_prepared_stmt_count is shared by every connection of every client.
+              maxPreparedStatements: 64,
             });
             return preparingPool(pool);
           },
@@ -305,7 +308,8 @@ function preparingPool(pool: MysqlPool): KyselyMysqlPool {
   return {
     getConnection: (callback) => {
       pool.getConnection((error, connection) => {
-        if (!prepared.has(connection)) {
+        // On an error there is no connection to patch: Kysely gets the error as it is.
+        if (error === null && !prepared.has(connection)) {
           prepared.add(connection);
           const query = connection.query.bind(connection) as (...args: unknown[]) => unknown;
           const execute = connection.execute.bind(connection) as (...args: unknown[]) => unknown;

@@ -231,24 +231,30 @@ describe("error messages", () => {
     }
   });
 
-  it("answers 500 with the masked message when the database is unreachable", async () => {
-    const { openDatabase } = await import("../../src/storage/database.js");
-    const unreachable = openDatabase(
-      { dialect: "postgres", url: "postgres://root@127.0.0.1:1/nowhere" },
-      { poolSize: 1, lockTimeoutMs: 1000 },
-    );
-    const running = await startApp(unreachable);
-    try {
-      const response = await postIdentify(running.url, { email: "lorraine@hillvalley.edu" });
-      assert.equal(response.status, 500);
-      assert.deepEqual(response.body, {
-        error: DATABASE_FAILURE,
-        requestId: response.headers.get("x-request-id"),
-      });
-      assert.doesNotMatch(JSON.stringify(response.body), /ECONNREFUSED|127\.0\.0\.1|postgres/);
-    } finally {
-      await running.close();
-      await unreachable.destroy();
-    }
-  });
+  for (const url of ["postgres://root@127.0.0.1:1/nowhere", "mysql://root@127.0.0.1:1/nowhere"]) {
+    const dialect = url.startsWith("mysql") ? "mysql" : "postgres";
+    it(`answers 500 with the masked message when the database is unreachable (${dialect})`, async () => {
+      const { openDatabase } = await import("../../src/storage/database.js");
+      const unreachable = openDatabase(
+        dialect === "mysql" ? { dialect: "mysql", url } : { dialect: "postgres", url },
+        { poolSize: 1, lockTimeoutMs: 1000 },
+      );
+      const running = await startApp(unreachable);
+      try {
+        const response = await postIdentify(running.url, { email: "lorraine@hillvalley.edu" });
+        assert.equal(response.status, 500);
+        assert.deepEqual(response.body, {
+          error: DATABASE_FAILURE,
+          requestId: response.headers.get("x-request-id"),
+        });
+        assert.doesNotMatch(
+          JSON.stringify(response.body),
+          /ECONNREFUSED|127\.0\.0\.1|postgres|mysql/,
+        );
+      } finally {
+        await running.close();
+        await unreachable.destroy();
+      }
+    });
+  }
 });
