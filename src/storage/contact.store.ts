@@ -126,7 +126,9 @@ function compileStatements(db: Kysely<DB>, dialect: DialectName, lockTimeout: nu
   ] as const;
   // Fixed shape: an absent field is bound as NULL, and `column = NULL` matches nothing. Joins (not
   // IN subqueries) so that every planner looks the members up by id and by linkedId through
-  // their indexes: MariaDB scanned the table for `linkedId IN (subquery)`.
+  // their indexes: MariaDB scanned the table for `linkedId IN (subquery)`. UNION ALL: the
+  // database need not sort out duplicates (a row is in both halves only if its primary is itself
+  // a secondary, a chain the service never writes); rowsToContacts drops any by id.
   const findCustomers = FixedStatement.compile(2, (email: string | null, phone: string | null) =>
     db
       .with("matched", (qb) =>
@@ -141,7 +143,7 @@ function compileStatements(db: Kysely<DB>, dialect: DialectName, lockTimeout: nu
       .innerJoin("Contact", "Contact.id", "matched.pid")
       .select(columns)
       .where("Contact.deletedAt", "is", null)
-      .union((eb) =>
+      .unionAll((eb) =>
         eb
           .selectFrom("matched")
           .innerJoin("Contact", "Contact.linkedId", "matched.pid")
@@ -200,8 +202,17 @@ function compileStatements(db: Kysely<DB>, dialect: DialectName, lockTimeout: nu
 /** Runs one compiled statement: on a Kysely connection, or on the SQLite session directly. */
 type Execute = (query: CompiledQuery) => Promise<{ rows: unknown[]; insertId?: bigint }>;
 
+/** The rows as contacts, each id once. */
 function rowsToContacts(rows: unknown[]): Contact[] {
-  return (rows as ContactColumns[]).map(toContact);
+  const contacts: Contact[] = [];
+  const seen = new Set<number>();
+  for (const row of rows as ContactColumns[]) {
+    if (!seen.has(row.id)) {
+      seen.add(row.id);
+      contacts.push(toContact(row));
+    }
+  }
+  return contacts;
 }
 
 class SqlContactTransaction implements ContactTransaction {

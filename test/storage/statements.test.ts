@@ -131,6 +131,45 @@ for (const dialect of dialectsUnderTest()) {
       }
     });
 
+    it("reads each row once, even rows that chain (the read's two halves both hold one)", async () => {
+      const { email: e1, phone: p1 } = fresh();
+      const { email: e2 } = fresh();
+      const { email: e3 } = fresh();
+      const now = dialect === "sqlite" ? new Date().toISOString() : new Date();
+      const insert = async (email: string, phone: string | null, linkedId: number | null) => {
+        const values = {
+          email,
+          phoneNumber: phone,
+          linkedId,
+          linkPrecedence: linkedId === null ? ("primary" as const) : ("secondary" as const),
+          createdAt: now,
+          updatedAt: now,
+        };
+        if (dialect === "mysql") {
+          const result = await database.db.insertInto("Contact").values(values).executeTakeFirst();
+          return Number(result.insertId);
+        }
+        const row = await database.db
+          .insertInto("Contact")
+          .values(values)
+          .returning("id")
+          .executeTakeFirstOrThrow();
+        return row.id;
+      };
+      // A chain the service never writes: third -> second -> first.
+      const first = await insert(e1, p1, null);
+      const second = await insert(e2, null, first);
+      const third = await insert(e3, null, second);
+      const rows = await new SqlContactStore(database).findCustomers({
+        email: e3,
+        phoneNumber: p1,
+      });
+      assert.deepEqual(
+        rows.map((row) => row.id).sort((a, b) => a - b),
+        [first, second, third],
+      );
+    });
+
     it("uses an index for every statement it sends (no full scan of Contact)", async () => {
       const statements = Object.values(await outcomes())
         .flat()
