@@ -198,8 +198,17 @@ export async function createDeps(config: Config, logger: FastifyBaseLogger): Pro
   }
   // One Redis connection for the cache and the rate limiter: with auto-pipelining, a turn of the
   // event loop's lookups and limit checks then go out in one write, not two (README, Benchmark).
-  const { cache, redis: cacheRedis } = await createCache(config, logger);
-  const security = await securityOf(config, logger, cacheRedis);
+  let built: { cache: CustomerCache; redis: Redis | null } | null = null;
+  let security: SecurityOptions;
+  try {
+    built = await createCache(config, logger);
+    security = await securityOf(config, logger, built.redis);
+  } catch (error) {
+    await built?.cache.close().catch(() => undefined);
+    await database.destroy().catch(() => undefined);
+    throw error;
+  }
+  const { cache, redis: cacheRedis } = built;
   const { sqlite } = database;
   const metrics = createMetrics({
     cache: () => cache.stats(),
