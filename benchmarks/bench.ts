@@ -79,6 +79,9 @@ function log(line: string): void {
   process.stderr.write(`bench: ${line}\n`);
 }
 
+/** What `npm start` runs (package.json), after `node`. */
+const SERVER_COMMAND = ["--max-semi-space-size=2", "dist/src/server.js"];
+
 /** Resident memory of a process and its children (the workers), in MB. */
 function rssMb(pid: number): number {
   let total = 0;
@@ -339,8 +342,8 @@ async function runConfig(key: string, spec: ConfigSpec): Promise<Result | null> 
     server = await startServer(
       env,
       profile
-        ? ["--cpu-prof", `--cpu-prof-dir=${profile}`, "dist/src/server.js"]
-        : ["dist/src/server.js"],
+        ? ["--cpu-prof", `--cpu-prof-dir=${profile}`, ...SERVER_COMMAND]
+        : [...SERVER_COMMAND],
     );
     if (!args.bulk) {
       log(`${key}: seeding ${CUSTOMERS} customers through the API`);
