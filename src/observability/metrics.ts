@@ -85,30 +85,29 @@ export function createMetrics(sources: MetricSources): Metrics {
 
   const { sqlite } = sources;
   if (sqlite !== undefined) {
-    new Counter({
-      name: "db_sqlite_batches_total",
-      help: "SQLite batches committed (group commit), by kind: read, write.",
-      labelNames: ["kind"] as const,
-      registers: [registry],
-      collect() {
-        const stats = sqlite();
-        this.reset();
-        this.inc({ kind: "read" }, stats.read.batches);
-        this.inc({ kind: "write" }, stats.write.batches);
-      },
-    });
-    new Counter({
-      name: "db_sqlite_batched_transactions_total",
-      help: "Transactions in the committed SQLite batches, by kind: read, write (÷ batches = batch size).",
-      labelNames: ["kind"] as const,
-      registers: [registry],
-      collect() {
-        const stats = sqlite();
-        this.reset();
-        this.inc({ kind: "read" }, stats.read.transactions);
-        this.inc({ kind: "write" }, stats.write.transactions);
-      },
-    });
+    const counters = [
+      ["db_sqlite_batches_total", "SQLite batches committed (group commit)", "batches"],
+      [
+        "db_sqlite_batched_transactions_total",
+        "Transactions in the committed SQLite batches (÷ batches = batch size)",
+        "transactions",
+      ],
+    ] as const;
+    for (const [name, help, field] of counters) {
+      new Counter({
+        name,
+        help: `${help}, by kind: read, write.`,
+        labelNames: ["kind"] as const,
+        registers: [registry],
+        collect() {
+          const stats = sqlite();
+          this.reset();
+          for (const kind of ["read", "write"] as const) {
+            this.inc({ kind }, stats[kind][field]);
+          }
+        },
+      });
+    }
   }
 
   return {
