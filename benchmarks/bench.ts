@@ -198,9 +198,13 @@ async function bulkLoad(test: TestDatabase, workload: Workload): Promise<void> {
   await database.destroy();
 }
 
-/** identify_outcomes_total by "outcome/source", scraped from the server's /metrics. */
-async function outcomeCounts(url: string): Promise<Record<string, number>> {
-  const text = await (await fetch(`${url}/metrics`)).text();
+/** The server's /metrics, as text. */
+async function scrape(url: string): Promise<string> {
+  return (await fetch(`${url}/metrics`)).text();
+}
+
+/** identify_outcomes_total by "outcome/source", from a scrape of /metrics. */
+function outcomeCounts(text: string): Record<string, number> {
   const counts: Record<string, number> = {};
   for (const match of text.matchAll(
     /^identify_outcomes_total\{outcome="(\w+)",source="(\w+)"\} (\d+)/gm,
@@ -210,9 +214,8 @@ async function outcomeCounts(url: string): Promise<Record<string, number>> {
   return counts;
 }
 
-/** The server's memory by kind, in MB, from the Node.js metrics of its /metrics. */
-async function memoryMb(url: string): Promise<Record<string, number>> {
-  const text = await (await fetch(`${url}/metrics`)).text();
+/** The server's memory by kind, in MB, from the Node.js metrics of a scrape. */
+function memoryMb(text: string): Record<string, number> {
   const memory: Record<string, number> = {};
   for (const match of text.matchAll(
     /^(?:process_resident_memory|nodejs_heap_size_total|nodejs_heap_size_used|nodejs_external_memory)_bytes(?:\{[^}]*\})? (\d+)/gm,
@@ -223,9 +226,8 @@ async function memoryMb(url: string): Promise<Record<string, number>> {
   return memory;
 }
 
-/** SQLite's average transactions per committed batch, reads and writes, from /metrics. */
-async function sqliteBatchSizes(url: string): Promise<Record<string, number> | null> {
-  const text = await (await fetch(`${url}/metrics`)).text();
+/** SQLite's average transactions per committed batch, reads and writes, from a scrape. */
+function sqliteBatchSizes(text: string): Record<string, number> | null {
   const read = (name: string, kind: string) =>
     Number(new RegExp(`^${name}\\{kind="${kind}"\\} (\\d+)`, "m").exec(text)?.[1] ?? NaN);
   const sizes: Record<string, number> = {};
@@ -357,12 +359,13 @@ async function runConfig(key: string, spec: ConfigSpec): Promise<Result | null> 
     log(`${key}: warming up`);
     await load(server.url, workload, 3, null);
     log(`${key}: measuring for ${DURATION}s`);
-    const before = await outcomeCounts(server.url);
+    const before = outcomeCounts(await scrape(server.url));
     const measured = await load(server.url, workload, DURATION, server.process.pid ?? null);
-    const outcomes = outcomeShares(before, await outcomeCounts(server.url));
+    const after = await scrape(server.url);
+    const outcomes = outcomeShares(before, outcomeCounts(after));
     log(`${key}: outcomes (%) ${JSON.stringify(outcomes)}`);
-    log(`${key}: memory after the run (MB) ${JSON.stringify(await memoryMb(server.url))}`);
-    const batches = await sqliteBatchSizes(server.url);
+    log(`${key}: memory after the run (MB) ${JSON.stringify(memoryMb(after))}`);
+    const batches = sqliteBatchSizes(after);
     if (batches !== null) {
       log(`${key}: SQLite transactions per batch since start ${JSON.stringify(batches)}`);
     }

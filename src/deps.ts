@@ -81,6 +81,16 @@ export async function securityOf(
   };
 }
 
+/** The service's metrics, reading the database's pool (and SQLite's batches) and the cache. */
+export function metricsOf(database: Database, cache: CustomerCache): Metrics {
+  const { sqlite } = database;
+  return createMetrics({
+    cache: () => cache.stats(),
+    pool: () => database.poolStats(),
+    ...(sqlite === null ? {} : { sqlite: () => sqlite.stats() }),
+  });
+}
+
 /** Readiness: the database answers and has every migration; the cache is only reported. */
 export function readinessOf(database: Database, cache: CustomerCache): () => Promise<Readiness> {
   return async () => {
@@ -209,12 +219,7 @@ export async function createDeps(config: Config, logger: FastifyBaseLogger): Pro
     throw error;
   }
   const { cache, redis: cacheRedis } = built;
-  const { sqlite } = database;
-  const metrics = createMetrics({
-    cache: () => cache.stats(),
-    pool: () => database.poolStats(),
-    ...(sqlite === null ? {} : { sqlite: () => sqlite.stats() }),
-  });
+  const metrics = metricsOf(database, cache);
   const store = new SqlContactStore(database, undefined, {
     onRetry: (attempt, cause) => {
       metrics.transactionRetried();

@@ -6,8 +6,9 @@ import type { Contact, IdentifyRequest } from "../domain/contact.js";
 import type { ReconcilePlan } from "../domain/reconcile.js";
 import { RetryTransactionError } from "../service/contact-store.js";
 import type { ContactStore, ContactTransaction } from "../service/contact-store.js";
+import { lockTimeoutSeconds } from "./database.js";
 import type { Database, DialectName } from "./database.js";
-import { DatabaseError } from "./errors.js";
+import { asDatabaseError, DatabaseError } from "./errors.js";
 import { FixedStatement } from "./fixed-statement.js";
 import type { ContactRow, DB } from "./schema.js";
 
@@ -48,14 +49,6 @@ function toContact(row: ContactColumns): Contact {
     linkPrecedence: row.linkPrecedence,
     createdAt: toMillis(row.createdAt),
   };
-}
-
-function asDatabaseError(error: unknown, doing: string): DatabaseError {
-  if (error instanceof DatabaseError) {
-    return error;
-  }
-  const detail = error instanceof Error ? error.message : String(error);
-  return new DatabaseError(`${doing}: ${detail}`, { cause: error });
 }
 
 /** A lock name derived from an identifier key, so that no email or phone reaches the server. */
@@ -321,8 +314,11 @@ export class SqlContactStore implements ContactStore {
     private readonly retry: RetryPolicy = DEFAULT_RETRY_POLICY,
     private readonly hooks: ContactStoreHooks = {},
   ) {
-    const lockTimeout = Math.max(1, Math.ceil(database.options.lockTimeoutMs / 1000));
-    this.statements = compileStatements(database.db, database.dialect, lockTimeout);
+    this.statements = compileStatements(
+      database.db,
+      database.dialect,
+      lockTimeoutSeconds(database.options),
+    );
   }
 
   async findCustomers(request: IdentifyRequest): Promise<Contact[]> {

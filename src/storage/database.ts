@@ -23,6 +23,7 @@ import type { Pool as MysqlPool } from "mysql2";
 import type pg from "pg";
 import type { DB } from "./schema.js";
 import { startCheckpointer } from "./sqlite-checkpointer.js";
+import type { Checkpointer } from "./sqlite-checkpointer.js";
 import { SqliteSession } from "./sqlite-session.js";
 
 export type DialectName = "sqlite" | "mysql" | "postgres";
@@ -113,6 +114,11 @@ export function describeTarget(target: DatabaseTarget): string {
   return url.toString();
 }
 
+/** `lockTimeoutMs` in whole seconds, at least 1, for the MySQL/MariaDB settings that take seconds. */
+export function lockTimeoutSeconds(options: DatabaseOptions): number {
+  return Math.max(1, Math.ceil(options.lockTimeoutMs / 1000));
+}
+
 interface Created {
   readonly dialect: Dialect;
   readonly poolStats: () => PoolStats;
@@ -140,7 +146,6 @@ function mysqlPoolStats(pool: unknown): PoolStats {
 }
 
 function createDialect(target: DatabaseTarget, options: DatabaseOptions): Created {
-  const lockTimeoutSeconds = Math.max(1, Math.ceil(options.lockTimeoutMs / 1000));
   switch (target.dialect) {
     case "sqlite": {
       if (target.path !== ":memory:") {
@@ -154,12 +159,12 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Create
       database.pragma(`busy_timeout = ${options.lockTimeoutMs}`);
       const prepare = statementCache(database);
       const session = new SqliteSession(prepare, options.onStatement);
-      let stop: (() => Promise<void>) | undefined;
+      let checkpointer: Checkpointer | null = null;
       if (target.path !== ":memory:") {
         // Checkpoints run in a thread of their own; the connection's own, inside COMMIT, are only
         // a fallback (README, Benchmark).
         database.pragma(`wal_autocheckpoint = ${WAL_RESTART_FRAMES * 4}`);
-        const checkpointer = startCheckpointer(session, {
+        checkpointer = startCheckpointer(session, {
           path: target.path,
           synchronous: options.sqliteSynchronous ?? "normal",
           intervalMs: 100,
@@ -171,21 +176,19 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Create
             options.onCheckpointError?.(error);
           },
         });
-        stop = () => checkpointer.stop();
       }
-      const close = async () => {
-        await stop?.();
-        session.close();
-        // Kysely closes it too, but only if it ever used it.
-        database.close();
-      };
       return {
         dialect: new ImmediateSqliteDialect({
           database: { close: () => database.close(), prepare },
         }),
         poolStats: () => ({ inUse: 0, idle: 1, waiting: 0 }),
         sqlite: session,
-        stop: close,
+        stop: async () => {
+          await checkpointer?.stop();
+          session.close();
+          // Kysely closes it too, but only if it ever used it.
+          database.close();
+        },
       };
     }
     case "mysql": {
@@ -217,7 +220,9 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Create
               CompiledQuery.raw("set session transaction isolation level read committed"),
             );
             await connection.executeQuery(
-              CompiledQuery.raw(`set session innodb_lock_wait_timeout = ${lockTimeoutSeconds}`),
+              CompiledQuery.raw(
+                `set session innodb_lock_wait_timeout = ${lockTimeoutSeconds(options)}`,
+              ),
             );
           },
         }),

@@ -12,3 +12,12 @@ export class DatabaseError extends Error {
     this.name = "DatabaseError";
   }
 }
+
+/** `error` as a DatabaseError saying what was being done (unchanged if it already is one). */
+export function asDatabaseError(error: unknown, doing: string): DatabaseError {
+  if (error instanceof DatabaseError) {
+    return error;
+  }
+  const detail = error instanceof Error ? error.message : String(error);
+  return new DatabaseError(`${doing}: ${detail}`, { cause: error });
+}

@@ -1,5 +1,5 @@
 import type SqliteDatabase from "better-sqlite3";
-import { DatabaseError } from "./errors.js";
+import { asDatabaseError, DatabaseError } from "./errors.js";
 
 /** A statement and its parameters, as Kysely compiles them. */
 export interface SqlText {
@@ -24,11 +24,6 @@ interface Job {
 
 /** Write transactions committed together at most; bounds how long one batch holds the lock. */
 const MAX_BATCH = 64;
-
-function failure(doing: string, error: unknown): DatabaseError {
-  const detail = error instanceof Error ? error.message : String(error);
-  return new DatabaseError(`${doing}: ${detail}`, { cause: error });
-}
 
 /**
  * The one SQLite connection of the process, used directly (better-sqlite3 is synchronous), with
@@ -181,8 +176,7 @@ export class SqliteSession {
   }
 
   private async runBatch(jobs: Job[]): Promise<void> {
-    const failed = await this.attempt(jobs);
-    if (failed !== null && jobs.length > 1) {
+    if (!(await this.attempt(jobs))) {
       // COMMIT failed (a deferred constraint, an I/O error): run each alone, so that only the
       // transaction at fault fails.
       for (const job of jobs) {
@@ -192,19 +186,19 @@ export class SqliteSession {
   }
 
   /**
-   * Runs the jobs in one transaction and settles them, except when COMMIT of several fails:
-   * then it returns that error and settles none.
+   * Runs the jobs in one transaction and settles them, or puts them back in the queue; returns
+   * false, settling none, only when the COMMIT of several failed.
    */
-  private async attempt(jobs: Job[]): Promise<DatabaseError | null> {
+  private async attempt(jobs: Job[]): Promise<boolean> {
     const writes = jobs.some((job) => job.writes);
     try {
       this.run({ sql: writes ? "begin immediate" : "begin", parameters: [] });
     } catch (error) {
-      const reason = failure("beginning a transaction", error);
+      const reason = asDatabaseError(error, "beginning a transaction");
       for (const job of jobs) {
         job.reject(reason);
       }
-      return null;
+      return true;
     }
     for (const job of jobs) {
       try {
@@ -213,21 +207,21 @@ export class SqliteSession {
         this.rollback();
         job.reject(error);
         this.queue.unshift(...jobs.filter((other) => other !== job));
-        return null;
+        return true;
       }
     }
     try {
       this.run({ sql: "commit", parameters: [] });
     } catch (error) {
       this.rollback();
-      const reason = failure("committing", error);
+      const reason = asDatabaseError(error, "committing");
       if (jobs.length > 1) {
-        return reason;
+        return false;
       }
       for (const job of jobs) {
         job.reject(reason);
       }
-      return null;
+      return true;
     }
     const counts = writes ? this.counts.write : this.counts.read;
     counts.batches++;
@@ -235,7 +229,7 @@ export class SqliteSession {
     for (const job of jobs) {
       job.resolve(job.result);
     }
-    return null;
+    return true;
   }
 
   private rollback(): void {

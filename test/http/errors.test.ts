@@ -3,9 +3,8 @@ import { after, before, describe, it } from "node:test";
 import { sql } from "kysely";
 import { pino } from "pino";
 import { NoCache } from "../../src/cache/customer-cache.js";
-import { readinessOf } from "../../src/deps.js";
+import { metricsOf, readinessOf } from "../../src/deps.js";
 import { buildApp } from "../../src/http/app.js";
-import { createMetrics } from "../../src/observability/metrics.js";
 import { IdentifyService } from "../../src/service/identify.service.js";
 import { SqlContactStore } from "../../src/storage/contact.store.js";
 import type { Database } from "../../src/storage/database.js";
@@ -209,7 +208,7 @@ describe("error messages", () => {
     });
     const cache = new NoCache();
     const app = buildApp({
-      metrics: createMetrics({ cache: () => cache.stats(), pool: () => database.poolStats() }),
+      metrics: metricsOf(database, cache),
       readiness: readinessOf(database, cache),
       identify: faulty,
       logger: pino({ level: "silent" }),

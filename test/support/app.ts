@@ -3,10 +3,9 @@ import type { FastifyInstance } from "fastify";
 import { pino } from "pino";
 import type { CustomerCache } from "../../src/cache/customer-cache.js";
 import { MemoryCustomerCache } from "../../src/cache/memory.cache.js";
-import { readinessOf } from "../../src/deps.js";
+import { metricsOf, readinessOf } from "../../src/deps.js";
 import { buildApp } from "../../src/http/app.js";
 import type { SecurityOptions } from "../../src/http/app.js";
-import { createMetrics } from "../../src/observability/metrics.js";
 import type { ErrorMessages } from "../../src/http/errors.js";
 import { IdentifyService } from "../../src/service/identify.service.js";
 import type { IdentifyServiceOptions } from "../../src/service/identify.service.js";
@@ -45,12 +44,7 @@ export async function startApp(
   });
   const logger = pino({ level: "info" }, sink);
   const cache = options.cache ?? new MemoryCustomerCache({ ttlSeconds: 3600, maxEntries: 10_000 });
-  const { sqlite } = database;
-  const metrics = createMetrics({
-    cache: () => cache.stats(),
-    pool: () => database.poolStats(),
-    ...(sqlite === null ? {} : { sqlite: () => sqlite.stats() }),
-  });
+  const metrics = metricsOf(database, cache);
   const store = new SqlContactStore(database, undefined, {
     onRetry: () => {
       metrics.transactionRetried();
