@@ -69,6 +69,8 @@ interface Result {
   errors: number;
   non2xx: number;
   maxRssMb: number;
+  /** The server's CPU time (all its processes) per answered request, in microseconds. */
+  cpuUsPerRequest: number | null;
   storedContacts: number | null;
   ratioToCeiling?: number;
   /** Percent of the measured requests by outcome/source (from the server's metrics). */
@@ -100,6 +102,42 @@ function rssMb(pid: number): number {
   visit(pid);
   return total;
 }
+
+/** CPU time (user + system) of a process and its children (the workers), in seconds. */
+function cpuSeconds(pid: number): number {
+  let ticks = 0;
+  const visit = (p: number) => {
+    try {
+      // Fields after the command name (which may hold spaces): utime and stime are the 12th
+      // and 13th.
+      const stat = readFileSync(`/proc/${p}/stat`, "utf8");
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+      ticks += Number(fields[11]) + Number(fields[12]);
+      const children = readFileSync(`/proc/${p}/task/${p}/children`, "utf8").trim();
+      for (const child of children.split(/\s+/).filter(Boolean)) {
+        visit(Number(child));
+      }
+    } catch {
+      // the process is gone
+    }
+  };
+  visit(pid);
+  return ticks / CLOCK_TICKS_PER_SECOND;
+}
+
+/** Busy CPU time of the whole machine (every process and the kernel), in seconds. */
+function machineCpuSeconds(): number {
+  const fields = (readFileSync("/proc/stat", "utf8").split("\n")[0] ?? "").trim().split(/\s+/);
+  // cpu user nice system idle iowait irq softirq steal ...: all but idle and iowait.
+  const [user, nice, system, , , irq, softirq, steal] = fields.slice(1).map(Number);
+  return (
+    ((user ?? 0) + (nice ?? 0) + (system ?? 0) + (irq ?? 0) + (softirq ?? 0) + (steal ?? 0)) /
+    CLOCK_TICKS_PER_SECOND
+  );
+}
+
+/** Linux's USER_HZ, the unit of /proc's CPU times, on every architecture Node runs on. */
+const CLOCK_TICKS_PER_SECOND = 100;
 
 const agent = new Agent({ keepAlive: true, maxSockets: CONNECTIONS });
 
@@ -279,6 +317,9 @@ async function countContacts(test: TestDatabase): Promise<number> {
 
 async function load(url: string, workload: Workload, seconds: number, pid: number | null) {
   let maxRss = 0;
+  const cpuBefore = pid === null ? 0 : cpuSeconds(pid);
+  const ownBefore = process.cpuUsage();
+  const machineBefore = machineCpuSeconds();
   const sampler =
     pid === null
       ? null
@@ -300,12 +341,25 @@ async function load(url: string, workload: Workload, seconds: number, pid: numbe
   if (sampler !== null) {
     clearInterval(sampler);
   }
+  const answered = result.requests.total;
+  const own = process.cpuUsage(ownBefore);
+  if (pid !== null && answered > 0) {
+    const machine = ((machineCpuSeconds() - machineBefore) * 1e6) / answered;
+    log(
+      `CPU per request: load generator ${Math.round((own.user + own.system) / answered)} µs, ` +
+        `whole machine ${Math.round(machine)} µs`,
+    );
+  }
   return {
     requestsPerSecond: Math.round(result.requests.average),
     latencyMs: { p50: result.latency.p50, p99: result.latency.p99, max: result.latency.max },
     errors: result.errors + result.timeouts,
     non2xx: result.non2xx,
     maxRssMb: Math.round(maxRss),
+    cpuUsPerRequest:
+      pid === null || answered === 0
+        ? null
+        : Math.round(((cpuSeconds(pid) - cpuBefore) * 1e6) / answered),
   };
 }
 
@@ -425,11 +479,11 @@ async function main(): Promise<void> {
   const lines = [
     header,
     "",
-    "| configuration | req/s | × ceiling | p50 ms | p99 ms | max ms | errors | non-2xx | RSS MB | contacts |",
-    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    "| configuration | req/s | × ceiling | p50 ms | p99 ms | max ms | errors | non-2xx | RSS MB | CPU µs/req | contacts |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ...results.map(
       (r) =>
-        `| ${r.config} | ${r.requestsPerSecond} | ${r.ratioToCeiling?.toFixed(2) ?? ""} | ${r.latencyMs.p50} | ${r.latencyMs.p99} | ${r.latencyMs.max} | ${r.errors} | ${r.non2xx} | ${r.maxRssMb} | ${r.storedContacts ?? ""} |`,
+        `| ${r.config} | ${r.requestsPerSecond} | ${r.ratioToCeiling?.toFixed(2) ?? ""} | ${r.latencyMs.p50} | ${r.latencyMs.p99} | ${r.latencyMs.max} | ${r.errors} | ${r.non2xx} | ${r.maxRssMb} | ${r.cpuUsPerRequest ?? ""} | ${r.storedContacts ?? ""} |`,
     ),
   ];
   process.stdout.write(`${lines.join("\n")}\n`);

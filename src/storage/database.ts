@@ -244,7 +244,7 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Create
               // plan made when the table was small for longer than that (autovacuum's ANALYZE
               // re-plans them sooner; it is on by default).
               maxLifetimeSeconds: 300,
-              options: `-c lock_timeout=${options.lockTimeoutMs} -c default_transaction_isolation=read\\ committed`,
+              options: `-c lock_timeout=${options.lockTimeoutMs} -c default_transaction_isolation=read\\ committed -c enable_seqscan=off`,
             });
             // An idle connection that the server drops (a restart, a failover) must not crash the
             // process: the pool discards it, and the next query opens a new one.
