@@ -244,6 +244,12 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Create
               // plan made when the table was small for longer than that (autovacuum's ANALYZE
               // re-plans them sooner; it is on by default).
               maxLifetimeSeconds: 300,
+              // enable_seqscan=off: each prepared statement is planned once per connection for
+              // any values, and a plan made while the table is new and empty scans it, for every
+              // read, until the table is analyzed. Every statement of the service is served by
+              // an index (test/storage/statements.test.ts), so the planner is told to prefer one
+              // whatever the statistics say. A statement no index can serve is still planned
+              // (as a scan).
               options: `-c lock_timeout=${options.lockTimeoutMs} -c default_transaction_isolation=read\\ committed -c enable_seqscan=off`,
             });
             // An idle connection that the server drops (a restart, a failover) must not crash the
