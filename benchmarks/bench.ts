@@ -6,7 +6,8 @@
  *
  * Options: --customers N (10000), --duration S (10), --connections N (32), --bulk (load rows
  * directly instead of through the API), --configs a,b (sqlite, mysql, postgres, sqlite-memcache,
- * mysql-nocache, postgres-nocache), --workers N (server processes), --out FILE.
+ * mysql-nocache, postgres-nocache), --workers N (server processes), --mix R,I,C,B (percent of
+ * repeats, new information, new customers, bridges: 85,10,4,1), --out FILE.
  * Servers: BENCH_MYSQL_URL, BENCH_POSTGRES_URL, BENCH_REDIS_URL (defaults: this machine's).
  */
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -23,7 +24,7 @@ import { createTestDatabase } from "../test/support/databases.js";
 import type { TestDatabase } from "../test/support/databases.js";
 import { startServer } from "../test/support/server.js";
 import type { ServerProcess } from "../test/support/server.js";
-import { Workload } from "./workload.js";
+import { parseMix, Workload } from "./workload.js";
 import type { Body } from "./workload.js";
 
 const { values: args } = parseArgs({
@@ -37,6 +38,7 @@ const { values: args } = parseArgs({
     },
     bulk: { type: "boolean", default: false },
     workers: { type: "string", default: "1" },
+    mix: { type: "string", default: "85,10,4,1" },
     out: { type: "string" },
   },
 });
@@ -47,6 +49,7 @@ const REDIS = process.env.BENCH_REDIS_URL ?? "redis://127.0.0.1:6379";
 const CUSTOMERS = Number(args.customers);
 const DURATION = Number(args.duration);
 const CONNECTIONS = Number(args.connections);
+const MEASURED_MIX = parseMix(args.mix);
 
 interface ConfigSpec {
   readonly name: string;
@@ -380,7 +383,7 @@ async function runConfig(key: string, spec: ConfigSpec): Promise<Result | null> 
     return null;
   }
   const prefix = `bench:${Date.now()}:`;
-  const workload = new Workload(`${key}${Date.now()}`, 42);
+  const workload = new Workload(`${key}${Date.now()}`, 42, MEASURED_MIX);
   const env: Record<string, string> = {
     DATABASE_URL: test.url,
     CACHE: spec.cache === "off" ? "off" : "on",
@@ -447,7 +450,7 @@ async function runConfig(key: string, spec: ConfigSpec): Promise<Result | null> 
 async function measureCeiling() {
   const ceilingServer = await startServer({}, ["--import", "tsx", "benchmarks/ceiling-server.ts"]);
   try {
-    const ceilingWorkload = new Workload("ceiling", 42);
+    const ceilingWorkload = new Workload("ceiling", 42, MEASURED_MIX);
     ceilingWorkload.populate(1000);
     await load(ceilingServer.url, ceilingWorkload, 3, null);
     return await load(
@@ -504,7 +507,7 @@ async function main(): Promise<void> {
   }
 
   const machine = `${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}`;
-  const header = `customers ${CUSTOMERS}${args.bulk ? " (bulk-loaded)" : ""}, ${CONNECTIONS} connections, ${DURATION}s, workers ${args.workers}; ${machine}`;
+  const header = `customers ${CUSTOMERS}${args.bulk ? " (bulk-loaded)" : ""}, mix ${args.mix}, ${CONNECTIONS} connections, ${DURATION}s, workers ${args.workers}; ${machine}`;
   const lines = [
     header,
     "",

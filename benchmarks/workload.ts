@@ -11,8 +11,39 @@ interface Person {
   phones: string[];
 }
 
+/** Shares of each kind of request; they add up to 1. */
+export interface Mix {
+  readonly repeat: number;
+  readonly newInfo: number;
+  readonly newCustomer: number;
+  readonly bridge: number;
+}
+
 /** The mix of the issue: 85% repeats, 10% new information, 4% new customers, 1% bridges. */
-export const MIX = { repeat: 0.85, newInfo: 0.1, newCustomer: 0.04, bridge: 0.01 } as const;
+export const MIX: Mix = { repeat: 0.85, newInfo: 0.1, newCustomer: 0.04, bridge: 0.01 };
+
+/** A mix from percentages "repeat,newInfo,newCustomer,bridge" (such as "85,10,4,1"). */
+export function parseMix(text: string): Mix {
+  const parts = text.split(",").map(Number);
+  const [repeat, newInfo, newCustomer, bridge] = parts;
+  if (
+    parts.length !== 4 ||
+    repeat === undefined ||
+    newInfo === undefined ||
+    newCustomer === undefined ||
+    bridge === undefined ||
+    parts.some((n) => !Number.isFinite(n) || n < 0) ||
+    Math.abs(repeat + newInfo + newCustomer + bridge - 100) > 1e-9
+  ) {
+    throw new Error(`--mix wants four percentages adding up to 100, such as 85,10,4,1: ${text}`);
+  }
+  return {
+    repeat: repeat / 100,
+    newInfo: newInfo / 100,
+    newCustomer: newCustomer / 100,
+    bridge: bridge / 100,
+  };
+}
 
 export class Workload {
   private readonly people: Person[] = [];
@@ -22,6 +53,7 @@ export class Workload {
   constructor(
     private readonly tag: string,
     seed: number,
+    private readonly mix: Mix = MIX,
   ) {
     this.random = seededRandom(seed);
   }
@@ -73,7 +105,8 @@ export class Workload {
   /** The next request of the mix. */
   next(): Body {
     const roll = this.random();
-    if (roll < MIX.repeat) {
+    const mix = this.mix;
+    if (roll < mix.repeat) {
       const person = this.pick(this.people);
       const shape = this.random();
       if (shape < 0.6) {
@@ -83,7 +116,7 @@ export class Workload {
         ? { email: this.pick(person.emails) }
         : { phoneNumber: this.pick(person.phones) };
     }
-    if (roll < MIX.repeat + MIX.newInfo) {
+    if (roll < mix.repeat + mix.newInfo) {
       const person = this.pick(this.people);
       if (this.random() < 0.5) {
         const phoneNumber = this.newPhone();
@@ -96,7 +129,7 @@ export class Workload {
       person.emails.push(email);
       return { email, phoneNumber };
     }
-    if (roll < MIX.repeat + MIX.newInfo + MIX.newCustomer) {
+    if (roll < mix.repeat + mix.newInfo + mix.newCustomer) {
       const person = { emails: [this.newEmail()], phones: [this.newPhone()] };
       this.people.push(person);
       return { email: person.emails[0], phoneNumber: person.phones[0] };
