@@ -31,6 +31,7 @@ export interface Config {
   readonly apiKeysFile: readonly string[];
   readonly rateLimitMax: number;
   readonly rateLimitWindowMs: number;
+  readonly rateLimitSyncMs: number;
   readonly threatLimit: number;
   readonly threatWindowMs: number;
   readonly threatCooldownMs: number;
@@ -280,6 +281,14 @@ export const VARIABLES = [
     default: "60000",
     meaning: "The rate-limit window.",
     parse: integer(100, 86_400_000),
+  }),
+  variable({
+    name: "RATE_LIMIT_SYNC_MS",
+    key: "rateLimitSyncMs",
+    default: "100",
+    meaning:
+      "With REDIS_URL: how often each instance adds its rate-limit counts to the shared ones in Redis (no Redis round trip per request); between two syncs an instance does not see the others' new requests. 0: one Redis script per request, exact across instances.",
+    parse: integer(0, 60_000),
   }),
   variable({
     name: "THREAT_LIMIT",

@@ -69,6 +69,7 @@ export async function securityOf(
             windowMs: config.rateLimitWindowMs,
             redis,
             prefix: `${config.cachePrefix}rate:`,
+            syncMs: config.rateLimitSyncMs,
           }
         : null,
     corsOrigins: config.corsOrigins,

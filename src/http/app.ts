@@ -15,6 +15,7 @@ import { ApiKeys, guardRequest, screenBody, ThreatTracker } from "./security.js"
 import type { ThreatPolicy } from "./security.js";
 import type { ErrorMessages } from "./errors.js";
 import { healthRoute } from "./health.route.js";
+import { syncedRedisStore } from "./rate-limit-store.js";
 import type { Readiness } from "./health.route.js";
 import { identifyRoute } from "./identify.route.js";
 import { metricsRoute } from "./metrics.route.js";
@@ -31,6 +32,11 @@ export interface SecurityOptions {
     readonly redis: Redis | null;
     /** Prefix of the Redis keys. */
     readonly prefix: string;
+    /**
+     * With Redis: how often each process adds its counts to Redis's (see rate-limit-store.ts);
+     * 0: one Redis script per request, exact across processes.
+     */
+    readonly syncMs: number;
   } | null;
   readonly corsOrigins: readonly string[];
   readonly trustProxy: boolean | string;
@@ -205,7 +211,17 @@ export function buildApp(deps: AppDeps): FastifyInstance {
         max: security.rateLimit.max,
         timeWindow: security.rateLimit.windowMs,
         keyGenerator: (request) => request.client,
-        ...(security.rateLimit.redis === null ? {} : { redis: security.rateLimit.redis }),
+        ...(security.rateLimit.redis === null
+          ? {}
+          : security.rateLimit.syncMs > 0
+            ? {
+                store: syncedRedisStore({
+                  redis: security.rateLimit.redis,
+                  prefix: security.rateLimit.prefix,
+                  syncMs: security.rateLimit.syncMs,
+                }),
+              }
+            : { redis: security.rateLimit.redis }),
         nameSpace: security.rateLimit.prefix,
         skipOnError: true,
         // The x-ratelimit-* headers go on 429 answers only (with Retry-After), not on every

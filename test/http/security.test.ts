@@ -145,15 +145,26 @@ describe("hostile traffic", () => {
   });
 
   const redisUrl = testRedisUrl();
-  for (const store of redisUrl === null ? ["in-process"] : ["in-process", "redis"]) {
-    it(`answers 429 with Retry-After over the limit, and serves again after the window (${store})`, async () => {
-      const redis = store === "redis" && redisUrl !== null ? new Redis(redisUrl) : null;
+  const stores: { name: string; syncMs: number; redis: boolean }[] = [
+    { name: "in-process", syncMs: 0, redis: false },
+    ...(redisUrl === null
+      ? []
+      : [
+          { name: "redis, synced every 50 ms", syncMs: 50, redis: true },
+          { name: "redis, a script per request", syncMs: 0, redis: true },
+        ]),
+  ];
+  for (const store of stores) {
+    it(`answers 429 with Retry-After over the limit, and serves again after the window (${store.name})`, async () => {
+      const redis = store.redis && redisUrl !== null ? new Redis(redisUrl) : null;
       const prefix = uniquePrefix();
       const running = await startApp(suite.database, {
-        security: security({ rateLimit: { max: 3, windowMs: 1500, redis, prefix } }),
+        security: security({
+          rateLimit: { max: 3, windowMs: 1500, redis, prefix, syncMs: store.syncMs },
+        }),
       });
       try {
-        const body = { email: `limited-${store}@hillvalley.edu` };
+        const body = { email: `limited-${store.name.replace(/\W+/g, "-")}@hillvalley.edu` };
         for (let i = 0; i < 3; i++) {
           assert.equal((await postIdentify(running.url, body)).status, 200);
         }
@@ -177,6 +188,42 @@ describe("hostile traffic", () => {
       }
     });
   }
+
+  it(
+    "shares the rate limit between instances through Redis, synced",
+    { skip: redisUrl === null },
+    async () => {
+      const url = redisUrl ?? "";
+      const prefix = uniquePrefix();
+      const clients = [new Redis(url), new Redis(url)];
+      const rateLimit = (redis: Redis) => ({ max: 4, windowMs: 60_000, redis, prefix, syncMs: 50 });
+      const [a, b] = await Promise.all(
+        clients.map((redis) =>
+          startApp(suite.database, { security: security({ rateLimit: rateLimit(redis) }) }),
+        ),
+      );
+      try {
+        assert.ok(a !== undefined && b !== undefined);
+        const body = { email: "shared-limit@hillvalley.edu" };
+        for (let i = 0; i < 2; i++) {
+          assert.equal((await postIdentify(a.url, body)).status, 200);
+        }
+        await sleep(200);
+        for (let i = 0; i < 2; i++) {
+          assert.equal((await postIdentify(b.url, body)).status, 200);
+        }
+        await sleep(200);
+        // Alone, b has admitted 2 of 4; with a's 2, read back from Redis, the fifth is over.
+        assert.equal((await postIdentify(b.url, body)).status, 429);
+      } finally {
+        await Promise.all([a?.close(), b?.close()]);
+        await deleteKeys(url, prefix);
+        for (const redis of clients) {
+          redis.disconnect();
+        }
+      }
+    },
+  );
 
   it("cuts off a client that trickles its request (slow loris) within the request timeout", async () => {
     const running = await startApp(suite.database, {
