@@ -28,6 +28,7 @@ describe("loadConfig", () => {
       apiKeys: [],
       apiKeysFile: [],
       rateLimitMax: 600000,
+      rateLimitSyncMs: 100,
       rateLimitWindowMs: 60000,
       threatLimit: 5,
       threatWindowMs: 60000,

@@ -38,6 +38,9 @@ if ttl < 0 then
 end
 return {count, ttl}`;
 
+/** Clients counted at most at once; past it the oldest counter is dropped (its count restarts). */
+const MAX_COUNTERS = 100_000;
+
 /** How often counters of past windows are dropped. */
 const SWEEP_MS = 10_000;
 
@@ -72,6 +75,13 @@ export function syncedRedisStore(options: SyncedCountsOptions) {
       const now = Date.now();
       let counter = this.counters.get(key);
       if (counter === undefined || now >= counter.resetAt) {
+        if (counter === undefined && this.counters.size >= MAX_COUNTERS) {
+          // Bounded memory whatever the number of clients: the oldest counter goes first.
+          const oldest = this.counters.keys().next().value;
+          if (oldest !== undefined) {
+            this.counters.delete(oldest);
+          }
+        }
         counter = {
           pending: 0,
           sending: 0,
@@ -114,8 +124,12 @@ export function syncedRedisStore(options: SyncedCountsOptions) {
       const sends: Promise<void>[] = [];
       for (const key of this.dirty) {
         const counter = this.counters.get(key);
+        if (counter === undefined) {
+          this.dirty.delete(key);
+          continue;
+        }
         // One send at a time per counter: the others' counts come back with it.
-        if (counter === undefined || counter.sending > 0) {
+        if (counter.sending > 0) {
           continue;
         }
         this.dirty.delete(key);
@@ -136,11 +150,13 @@ export function syncedRedisStore(options: SyncedCountsOptions) {
         counter.shared = count;
         // The window is the one in Redis: another process may have started it.
         counter.resetAt = Date.now() + ttl;
-      } catch {
-        // Counted here alone until Redis answers again.
-        counter.shared += counter.sending;
-      } finally {
         counter.sending = 0;
+      } catch {
+        // Sent again with the next sync, so that Redis gets them once it answers (a script that
+        // timed out after running counts them twice: the strict side). Meanwhile they count here.
+        counter.pending += counter.sending;
+        counter.sending = 0;
+        this.dirty.add(key);
       }
     }
   };
