@@ -41,6 +41,9 @@ return {count, ttl}`;
 /** Clients counted at most at once; past it the oldest counter is dropped (its count restarts). */
 const MAX_COUNTERS = 100_000;
 
+/** How often syncs are tried while Redis fails. */
+const RETRY_MS = 1000;
+
 /** How often counters of past windows are dropped. */
 const SWEEP_MS = 10_000;
 
@@ -121,7 +124,7 @@ export function syncedRedisStore(options: SyncedCountsOptions) {
           }
         }
       }
-      const sends: Promise<void>[] = [];
+      const sends: Promise<boolean>[] = [];
       for (const key of this.dirty) {
         const counter = this.counters.get(key);
         if (counter === undefined) {
@@ -137,26 +140,31 @@ export function syncedRedisStore(options: SyncedCountsOptions) {
         counter.pending = 0;
         sends.push(this.send(key, counter));
       }
-      await Promise.all(sends);
-      // Counted while the sends were out: the next sync is due.
+      const failed = (await Promise.all(sends)).some((sent) => !sent);
+      // Counted while the sends were out, or sends to retry: the next sync is due; while Redis
+      // fails, no more than once a second.
       if (this.dirty.size > 0) {
-        this.timer ??= setTimeout(() => void this.sync(), options.syncMs).unref();
+        const delay = failed ? Math.max(options.syncMs, RETRY_MS) : options.syncMs;
+        this.timer ??= setTimeout(() => void this.sync(), delay).unref();
       }
     }
 
-    private async send(key: string, counter: Counter): Promise<void> {
+    /** Adds the counter's count to Redis's; false if Redis did not answer. */
+    private async send(key: string, counter: Counter): Promise<boolean> {
       try {
         const [count, ttl] = await sync(this.prefix + key, counter.sending, counter.windowMs);
         counter.shared = count;
         // The window is the one in Redis: another process may have started it.
         counter.resetAt = Date.now() + ttl;
         counter.sending = 0;
+        return true;
       } catch {
         // Sent again with the next sync, so that Redis gets them once it answers (a script that
         // timed out after running counts them twice: the strict side). Meanwhile they count here.
         counter.pending += counter.sending;
         counter.sending = 0;
         this.dirty.add(key);
+        return false;
       }
     }
   };
