@@ -90,13 +90,12 @@ function log(line: string): void {
 /** What `npm start` runs (package.json), after `node`. */
 const SERVER_COMMAND = ["--max-semi-space-size=2", "dist/src/server.js"];
 
-/** Resident memory of a process and its children (the workers), in MB. */
-function rssMb(pid: number): number {
+/** Sums `read(pid)` over a process and its children (the workers); a process gone counts 0. */
+function sumOverTree(pid: number, read: (pid: number) => number): number {
   let total = 0;
   const visit = (p: number) => {
     try {
-      const status = readFileSync(`/proc/${p}/status`, "utf8");
-      total += Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024;
+      total += read(p);
       const children = readFileSync(`/proc/${p}/task/${p}/children`, "utf8").trim();
       for (const child of children.split(/\s+/).filter(Boolean)) {
         visit(Number(child));
@@ -109,25 +108,23 @@ function rssMb(pid: number): number {
   return total;
 }
 
+/** Resident memory of a process and its children (the workers), in MB. */
+function rssMb(pid: number): number {
+  return sumOverTree(pid, (p) => {
+    const status = readFileSync(`/proc/${p}/status`, "utf8");
+    return Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0) / 1024;
+  });
+}
+
 /** CPU time (user + system) of a process and its children (the workers), in seconds. */
 function cpuSeconds(pid: number): number {
-  let ticks = 0;
-  const visit = (p: number) => {
-    try {
-      // Fields after the command name (which may hold spaces): utime and stime are the 12th
-      // and 13th.
-      const stat = readFileSync(`/proc/${p}/stat`, "utf8");
-      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-      ticks += Number(fields[11]) + Number(fields[12]);
-      const children = readFileSync(`/proc/${p}/task/${p}/children`, "utf8").trim();
-      for (const child of children.split(/\s+/).filter(Boolean)) {
-        visit(Number(child));
-      }
-    } catch {
-      // the process is gone
-    }
-  };
-  visit(pid);
+  const ticks = sumOverTree(pid, (p) => {
+    // Fields after the command name (which may hold spaces): utime and stime are the 12th and
+    // 13th.
+    const stat = readFileSync(`/proc/${p}/stat`, "utf8");
+    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+    return Number(fields[11]) + Number(fields[12]);
+  });
   return ticks / CLOCK_TICKS_PER_SECOND;
 }
 
@@ -464,14 +461,6 @@ async function measureCeiling() {
   }
 }
 
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  const middle = Math.floor(sorted.length / 2);
-  return sorted.length % 2 === 1
-    ? (sorted[middle] ?? 0)
-    : ((sorted[middle - 1] ?? 0) + (sorted[middle] ?? 0)) / 2;
-}
-
 async function main(): Promise<void> {
   const results: Result[] = [];
   const ceilings: Awaited<ReturnType<typeof measureCeiling>>[] = [];
@@ -493,9 +482,11 @@ async function main(): Promise<void> {
       results.push(result);
     }
   }
-  // The ceiling's row: the measurement of median requests per second.
-  const middle = median(ceilings.map((c) => c.requestsPerSecond));
-  const ceiling = ceilings.find((c) => c.requestsPerSecond >= middle) ?? ceilings[0];
+  // The ceiling's row: the median measurement (the upper one of the middle two for an even
+  // count), so that every figure in the row comes from one run.
+  const ceiling = [...ceilings].sort((a, b) => a.requestsPerSecond - b.requestsPerSecond)[
+    Math.floor(ceilings.length / 2)
+  ];
   if (ceiling !== undefined) {
     results.unshift({
       config: `ceiling (Fastify, constant answer; median of ${ceilings.length})`,
