@@ -93,6 +93,18 @@ function requestIdOf(request: IncomingMessage): string {
   return typeof header === "string" && REQUEST_ID_PATTERN.test(header) ? header : randomUUID();
 }
 
+/**
+ * Where the rate limit counts: in process (no option), in Redis through a script per request
+ * (the plugin's store), or locally with a sync to Redis (rate-limit-store.ts).
+ */
+function rateLimitBackend(limit: NonNullable<SecurityOptions["rateLimit"]>) {
+  const { redis, prefix, syncMs } = limit;
+  if (redis === null) {
+    return {};
+  }
+  return syncMs > 0 ? { store: syncedRedisStore({ redis, prefix, syncMs }) } : { redis };
+}
+
 /** Builds the HTTP app around its dependencies; it does not listen (see server.ts). */
 export function buildApp(deps: AppDeps): FastifyInstance {
   const security = deps.security ?? DEFAULT_SECURITY;
@@ -211,17 +223,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
         max: security.rateLimit.max,
         timeWindow: security.rateLimit.windowMs,
         keyGenerator: (request) => request.client,
-        ...(security.rateLimit.redis === null
-          ? {}
-          : security.rateLimit.syncMs > 0
-            ? {
-                store: syncedRedisStore({
-                  redis: security.rateLimit.redis,
-                  prefix: security.rateLimit.prefix,
-                  syncMs: security.rateLimit.syncMs,
-                }),
-              }
-            : { redis: security.rateLimit.redis }),
+        ...rateLimitBackend(security.rateLimit),
         nameSpace: security.rateLimit.prefix,
         skipOnError: true,
         // The x-ratelimit-* headers go on 429 answers only (with Retry-After), not on every

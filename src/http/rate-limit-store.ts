@@ -96,7 +96,7 @@ export function syncedRedisStore(options: SyncedCountsOptions) {
       }
       counter.pending++;
       this.dirty.add(key);
-      this.timer ??= setTimeout(() => void this.sync(), options.syncMs).unref();
+      this.schedule(options.syncMs);
       callback(null, {
         current: counter.shared + counter.sending + counter.pending,
         ttl: counter.resetAt - now,
@@ -144,9 +144,13 @@ export function syncedRedisStore(options: SyncedCountsOptions) {
       // Counted while the sends were out, or sends to retry: the next sync is due; while Redis
       // fails, no more than once a second.
       if (this.dirty.size > 0) {
-        const delay = failed ? Math.max(options.syncMs, RETRY_MS) : options.syncMs;
-        this.timer ??= setTimeout(() => void this.sync(), delay).unref();
+        this.schedule(failed ? Math.max(options.syncMs, RETRY_MS) : options.syncMs);
       }
+    }
+
+    /** Runs a sync after `delay` ms, unless one is already due. */
+    private schedule(delay: number): void {
+      this.timer ??= setTimeout(() => void this.sync(), delay).unref();
     }
 
     /** Adds the counter's count to Redis's; false if Redis did not answer. */
