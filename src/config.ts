@@ -172,7 +172,7 @@ export const VARIABLES = [
     key: "cache",
     default: "auto",
     meaning:
-      "auto: Redis with REDIS_URL; without it, in-process for MariaDB/PostgreSQL and none for SQLite. on: a cache always (in-process without REDIS_URL, but none with WORKERS > 1). off: every request reads the database.",
+      "auto: Redis with REDIS_URL, none without it. on: a cache always (in-process without REDIS_URL, coherent within that one process only; none with WORKERS > 1). off: every request reads the database.",
     parse: oneOf("auto", "on", "off"),
   }),
   variable({

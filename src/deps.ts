@@ -108,9 +108,12 @@ export function readinessOf(database: Database, cache: CustomerCache): () => Pro
 }
 
 /**
- * Picks the cache adapter: Redis when REDIS_URL is set, else in-process; none with CACHE=off, and
- * none by default (CACHE=auto) on SQLite without Redis: there a read in the connection's batch
- * costs less than the in-process cache's bookkeeping (README, Benchmark).
+ * Picks the cache adapter: Redis when REDIS_URL is set; none with CACHE=off; without Redis, none
+ * by default (CACHE=auto) and in-process only with CACHE=on. The in-process cache is coherent
+ * within one process only, and nothing here can tell that other instances share the database
+ * (several containers behind a load balancer, each with WORKERS=1): one of them would answer from
+ * an entry another one's write made old. On SQLite a read in the connection's batch costs less
+ * than the cache's bookkeeping anyway (README, Cache).
  */
 export async function createCache(
   config: Config,
@@ -120,7 +123,7 @@ export async function createCache(
     return { cache: new NoCache(), redis: null };
   }
   if (config.redisUrl === null) {
-    if (config.cache === "auto" && config.database.dialect === "sqlite") {
+    if (config.cache === "auto") {
       return { cache: new NoCache(), redis: null };
     }
     if (config.workers > 1) {
