@@ -373,32 +373,49 @@ export class SqlContactStore implements ContactStore {
       const execute: Execute = (query) => Promise.resolve({ rows: sqlite.run(query) });
       return sqlite.write(() => work(new SqlContactTransaction(this.statements, execute, dialect)));
     }
-    return this.database.db.connection().execute(async (conn) => {
-      const execute: Execute = (query) => conn.executeQuery(query);
+    const attempt = { connected: false };
+    try {
+      return await this.database.db.connection().execute((conn) => {
+        attempt.connected = true;
+        return this.transact(conn, digests, work);
+      });
+    } catch (error) {
+      // Before the callback ran, the pool could not give a connection (unreachable, timed out).
+      throw attempt.connected ? error : asDatabaseError(error, "acquiring a connection");
+    }
+  }
+
+  /** One attempt of a write transaction on a pinned connection of a server. */
+  private async transact<T>(
+    conn: Kysely<DB>,
+    digests: readonly string[],
+    work: (tx: ContactTransaction) => Promise<T>,
+  ): Promise<T> {
+    const { dialect } = this.database;
+    const execute: Execute = (query) => conn.executeQuery(query);
+    try {
+      await execute(BEGIN);
+    } catch (error) {
+      throw asDatabaseError(error, "beginning a transaction");
+    }
+    try {
+      await this.lockIdentifiers(execute, digests);
+      const result = await work(new SqlContactTransaction(this.statements, execute, dialect));
       try {
-        await execute(BEGIN);
+        await execute(COMMIT);
       } catch (error) {
-        throw asDatabaseError(error, "beginning a transaction");
+        throw asDatabaseError(error, "committing");
       }
-      try {
-        await this.lockIdentifiers(execute, digests);
-        const result = await work(new SqlContactTransaction(this.statements, execute, dialect));
-        try {
-          await execute(COMMIT);
-        } catch (error) {
-          throw asDatabaseError(error, "committing");
-        }
-        return result;
-      } catch (error) {
-        await execute(ROLLBACK).catch(() => undefined);
-        throw error;
-      } finally {
-        if (dialect === "mysql") {
-          // Named locks belong to the session, not the transaction: release them after COMMIT.
-          await execute(RELEASE_LOCKS).catch(() => undefined);
-        }
+      return result;
+    } catch (error) {
+      await execute(ROLLBACK).catch(() => undefined);
+      throw error;
+    } finally {
+      if (dialect === "mysql") {
+        // Named locks belong to the session, not the transaction: release them after COMMIT.
+        await execute(RELEASE_LOCKS).catch(() => undefined);
       }
-    });
+    }
   }
 
   private async lockIdentifiers(execute: Execute, digests: readonly string[]): Promise<void> {
