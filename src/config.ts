@@ -1,6 +1,7 @@
 import { createHash } from "node:crypto";
 import { readFileSync } from "node:fs";
 import { availableParallelism } from "node:os";
+import { isIP } from "node:net";
 import { parseDatabaseUrl } from "./storage/database.js";
 import type { DatabaseTarget } from "./storage/database.js";
 import type { ErrorMessages } from "./http/errors.js";
@@ -64,6 +65,43 @@ function integer(min: number, max: number): (value: string) => number {
     }
     return n;
   };
+}
+
+/** proxy-addr's names for address ranges, which TRUST_PROXY may use as Fastify does. */
+const PROXY_RANGES = new Set(["loopback", "linklocal", "uniquelocal"]);
+
+/**
+ * TRUST_PROXY as Fastify takes it: a boolean, or proxy addresses and CIDRs. Checked here so that a
+ * typo fails at start with the variable's name. A number of hops (`1`, the usual idiom elsewhere)
+ * is refused: Fastify would read the string as the address 0.0.0.1, and a number as trusting
+ * nobody, so every client would share the load balancer's address in the limits.
+ */
+function parseTrustProxy(value: string): boolean | string {
+  if (value === "false") {
+    return false;
+  }
+  if (value === "true") {
+    return true;
+  }
+  if (/^[0-9]+$/.test(value)) {
+    throw new Error(
+      "a number of hops is not supported: give true, or the proxies' addresses or CIDRs",
+    );
+  }
+  const entries = value.split(",").map((entry) => entry.trim());
+  for (const entry of entries) {
+    const [address = "", bits, ...rest] = entry.split("/");
+    const family = isIP(address);
+    const prefixOk =
+      bits === undefined ||
+      (/^[0-9]{1,3}$/.test(bits) && Number(bits) <= (family === 6 ? 128 : 32));
+    if (!PROXY_RANGES.has(entry) && (family === 0 || !prefixOk || rest.length > 0)) {
+      throw new Error(
+        `${JSON.stringify(entry)} is not true, false, an address, a CIDR or loopback/linklocal/uniquelocal`,
+      );
+    }
+  }
+  return entries.join(",");
 }
 
 function oneOf<T extends string>(...allowed: T[]): (value: string) => T {
@@ -316,16 +354,8 @@ export const VARIABLES = [
     key: "trustProxy",
     default: "false",
     meaning:
-      "Behind a load balancer: true, or comma-separated proxy addresses/CIDRs whose X-Forwarded-For is believed (the client address for limits).",
-    parse: (value) => {
-      if (value === "false") {
-        return false;
-      }
-      if (value === "true") {
-        return true;
-      }
-      return value;
-    },
+      "Behind a load balancer: true (trust every hop), or comma-separated proxy addresses/CIDRs (or loopback, linklocal, uniquelocal) whose X-Forwarded-For is believed (the client address for limits).",
+    parse: parseTrustProxy,
   }),
   variable({
     name: "CORS_ORIGINS",
@@ -339,9 +369,9 @@ export const VARIABLES = [
         .map((o) => o.trim())
         .filter(Boolean);
       for (const origin of origins) {
-        try {
-          new URL(origin);
-        } catch {
+        // An origin is a scheme, a host and maybe a port, exactly as a browser sends it: with a
+        // path or a trailing slash it would never equal an Origin header.
+        if (!URL.canParse(origin) || new URL(origin).origin !== origin) {
           throw new Error(`${origin} is not an origin such as https://shop.example.com`);
         }
       }

@@ -125,6 +125,34 @@ describe("loadConfig", () => {
     }
   });
 
+  it("reads TRUST_PROXY as a boolean or proxy addresses, and refuses anything else at start", () => {
+    assert.equal(loadConfig({ TRUST_PROXY: "true" }).trustProxy, true);
+    assert.equal(loadConfig({ TRUST_PROXY: "false" }).trustProxy, false);
+    assert.equal(
+      loadConfig({ TRUST_PROXY: "10.0.0.0/8, 192.168.1.7,::1,fd00::/8,loopback" }).trustProxy,
+      "10.0.0.0/8,192.168.1.7,::1,fd00::/8,loopback",
+    );
+    // `1` (one hop, elsewhere) would be read by Fastify as the address 0.0.0.1: nobody trusted.
+    for (const value of ["TRUE", "yes", "1", "10.0.0.0/8,", "10.0.0.0/33", "10.0.0.1/8/8", "lb"]) {
+      assert.throws(
+        () => loadConfig({ TRUST_PROXY: value }),
+        /^ConfigError: .*TRUST_PROXY: /s,
+        value,
+      );
+    }
+  });
+
+  it("reads CORS_ORIGINS as origins exactly as a browser sends them", () => {
+    assert.deepEqual(
+      loadConfig({ CORS_ORIGINS: "https://shop.example.com, http://localhost:5173" }).corsOrigins,
+      ["https://shop.example.com", "http://localhost:5173"],
+    );
+    // A path, a trailing slash or a missing scheme would never equal an Origin header.
+    for (const value of ["https://shop.example.com/", "shop.example.com:443", "https://a.io/x"]) {
+      assert.throws(() => loadConfig({ CORS_ORIGINS: value }), /CORS_ORIGINS: /, value);
+    }
+  });
+
   it("rejects a database URL without a database name", () => {
     assert.throws(
       () => loadConfig({ DATABASE_URL: "postgres://db:5432" }),
