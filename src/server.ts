@@ -148,30 +148,43 @@ async function runPrimary(config: Config, logger: Logger): Promise<void> {
     });
     return worker;
   };
+  // A worker that dies before it listens failed to start (the port taken, the database gone): a
+  // new one would fail the same way, forever. The primary stops then, as one process would.
+  const listening = new Set<number>();
+  cluster.on("listening", (worker) => {
+    listening.add(worker.id);
+  });
   cluster.on("exit", (worker, code, signal) => {
-    if (!stopping) {
-      logger.error({ pid: worker.process.pid, code, signal }, "worker died; starting another");
-      fork();
+    if (stopping) {
+      return;
     }
+    if (!listening.has(worker.id)) {
+      logger.fatal({ pid: worker.process.pid, code, signal }, "a worker failed to start; stopping");
+      stop("a worker failed to start", 1);
+      return;
+    }
+    listening.delete(worker.id);
+    logger.error({ pid: worker.process.pid, code, signal }, "worker died; starting another");
+    fork();
   });
   for (let i = 0; i < config.workers; i++) {
     fork();
   }
   logger.info({ workers: config.workers }, "primary started");
 
-  const stop = (signal: string) => {
+  function stop(reason: string, exitCode = 0): void {
     if (stopping) {
       return;
     }
     stopping = true;
-    logger.info({ signal }, "stopping workers");
+    logger.info({ reason }, "stopping workers");
     const workers = Object.values(cluster.workers ?? {}).filter(
       (w): w is Worker => w !== undefined,
     );
-    let failed = false;
+    let failed = exitCode !== 0;
     let remaining = workers.length;
     if (remaining === 0) {
-      process.exit(0);
+      process.exit(exitCode);
     }
     for (const worker of workers) {
       worker.once("exit", (code) => {
@@ -187,7 +200,7 @@ async function runPrimary(config: Config, logger: Logger): Promise<void> {
       logger.error("workers did not stop in time");
       process.exit(1);
     }, config.shutdownTimeoutMs + 2000).unref();
-  };
+  }
   process.on("SIGTERM", () => {
     stop("SIGTERM");
   });

@@ -1,5 +1,7 @@
 import assert from "node:assert/strict";
 import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { createServer } from "node:net";
+import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
@@ -33,6 +35,26 @@ describe("the server process", () => {
       /^DATABASE_URL: cannot use postgres:\/\/root:\*\*\*@127\.0\.0\.1:1\/identity: .*ECONNREFUSED/,
     );
     assert.doesNotMatch(result.stderr + result.stdout, /hunter2/);
+  });
+
+  it("with WORKERS, exits non-zero when its workers cannot start instead of forking them forever", async () => {
+    const taken = createServer();
+    await new Promise<void>((resolve) => taken.listen(0, "127.0.0.1", resolve));
+    const { port } = taken.address() as AddressInfo;
+    const dir = mkdtempSync(join(tmpdir(), "idr-server-"));
+    try {
+      const result = await runServerToExit({
+        DATABASE_URL: `sqlite:${join(dir, "contacts.db")}`,
+        PORT: String(port),
+        WORKERS: "2",
+      });
+      assert.equal(result.code, 1);
+      assert.match(result.stdout, /a worker failed to start; stopping/);
+      assert.doesNotMatch(result.stdout, /worker died; starting another/);
+    } finally {
+      taken.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 
   it("exits non-zero listing every bad variable", async () => {
