@@ -346,12 +346,28 @@ export class RedisCustomerCache implements CustomerCache {
     }
     // Owed from now on: a floor at this version (so no older entry can stay or be stored) and the
     // tombstones. Until they are paid this instance does not read the cache at all.
-    this.pending.set(primaryId, { kind: "floor", version });
+    this.owe(primaryId, { kind: "floor", version });
     for (const id of demotedPrimaryIds) {
-      this.pending.set(id, { kind: "tombstone" });
+      this.owe(id, { kind: "tombstone" });
     }
     this.failed(failure);
     this.scheduleRetry();
+  }
+
+  /**
+   * Records a debt, keeping the stronger one already owed: a tombstone over a floor, the higher of
+   * two floors. Two failed publications of one customer can finish out of order; a floor lowered
+   * by the older one would let its older state back once paid.
+   */
+  private owe(primaryId: number, debt: Debt): void {
+    const owed = this.pending.get(primaryId);
+    if (
+      owed?.kind === "tombstone" ||
+      (owed?.kind === "floor" && debt.kind === "floor" && owed.version >= debt.version)
+    ) {
+      return;
+    }
+    this.pending.set(primaryId, debt);
   }
 
   stats(): CacheStats {

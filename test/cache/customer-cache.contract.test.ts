@@ -297,6 +297,34 @@ if (redisUrl !== null) {
       }
     });
 
+    it("keeps the highest floor owed when two failed publications of a customer end out of order", async () => {
+      const own = await startOwnRedis();
+      const options = { url: own.url, prefix: "identity:v1:", ttlSeconds: 3600, timeoutMs: 100 };
+      const writer = new RedisCustomerCache(options);
+      const other = new RedisCustomerCache(options);
+      try {
+        assert.ok(await writer.waitUntilReady(5000));
+        const { request, customer } = fresh();
+        const v6: Customer = { ...customer, secondaryContactIds: [1, 2, 3, 4, 5] };
+        const v7: Customer = { ...customer, secondaryContactIds: [1, 2, 3, 4, 5, 6] };
+        await own.stop();
+        await writer.publish(v7, [], request); // answered v7: owes a floor at 7
+        await writer.publish(v6, [], request); // an older writer's, failing later: still 7
+        await own.start();
+        for (let i = 0; i < 50 && writer.pendingInvalidations() > 0; i++) {
+          await sleep(100);
+        }
+        assert.equal(writer.pendingInvalidations(), 0, "the debt is paid once Redis is back");
+        assert.ok(await other.waitUntilReady(5000));
+        await other.publish(v6, [], request);
+        assert.equal((await other.lookup(request)).customer, null, "v6 is older than an answer");
+      } finally {
+        await writer.close();
+        await other.close();
+        await own.stop();
+      }
+    });
+
     it("degrades to misses, within the timeout, when Redis cannot be reached", async () => {
       const cache = new RedisCustomerCache({
         url: "redis://127.0.0.1:1",

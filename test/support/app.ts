@@ -25,7 +25,7 @@ export async function startApp(
   database: Database,
   options: {
     errorMessages?: ErrorMessages;
-    /** Defaults to the in-process cache, as `npm start` runs without REDIS_URL. */
+    /** Defaults to the in-process cache (what CACHE=on gives without REDIS_URL). */
     cache?: CustomerCache;
     service?: IdentifyServiceOptions;
     security?: SecurityOptions;
