@@ -153,6 +153,9 @@ export async function createCache(
       onAvailable: () => {
         logger.info("cache available again");
       },
+      onWarning: (message) => {
+        logger.warn(message);
+      },
     },
   );
   if (!(await cache.waitUntilReady(2000))) {

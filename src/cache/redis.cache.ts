@@ -1,4 +1,5 @@
 import { randomUUID } from "node:crypto";
+import { EventEmitter } from "node:events";
 import { Redis } from "ioredis";
 import type { RedisOptions } from "ioredis";
 import type { Customer, IdentifyRequest } from "../domain/contact.js";
@@ -20,6 +21,8 @@ export interface RedisCacheOptions {
 export interface CacheEvents {
   readonly onUnavailable?: (reason: string) => void;
   readonly onAvailable?: () => void;
+  /** Something the operator should know that does not stop the cache. */
+  readonly onWarning?: (message: string) => void;
 }
 
 // KEYS: the two index keys (the same key twice for a one-identifier request).
@@ -162,6 +165,14 @@ export class RedisCustomerCache implements CustomerCache {
   private readonly pending = new Map<number, Debt>();
   private retryTimer: NodeJS.Timeout | null = null;
   private reachable = true;
+  /**
+   * Where this cache's keys live: the prefix and the Redis process's run id (its first 16 hex
+   * digits), learned at every connection; null until then. A Redis restarted from a snapshot (or
+   * replaced by a replica) has a new run id, so the entries it brought back, older than answers
+   * given since the snapshot, are never read: the cache starts empty there, which is safe.
+   */
+  private namespace: string | null = null;
+  private readonly namespaceLearned = new EventEmitter();
 
   constructor(
     private readonly options: RedisCacheOptions,
@@ -181,8 +192,46 @@ export class RedisCustomerCache implements CustomerCache {
       this.markUnavailable(error.message);
     });
     this.redis.on("ready", () => {
-      void this.flushPending();
+      void this.learnNamespace();
     });
+    this.redis.on("close", () => {
+      this.namespace = null;
+    });
+  }
+
+  /** Reads the run id of the Redis just connected to, then pays what is owed to it. */
+  private async learnNamespace(): Promise<void> {
+    let runId: string | null;
+    try {
+      const info = await this.redis.info("server");
+      runId = /^run_id:([0-9a-f]{16})/m.exec(info)?.[1] ?? null;
+    } catch (error) {
+      if (!(error instanceof Error) || !/unknown command|NOPERM/i.test(error.message)) {
+        // A timeout or a dropped connection: try again, the cache unused meanwhile (every
+        // instance must use the same keys, so no guess).
+        this.failed(error);
+        setTimeout(() => {
+          if (this.redis.status === "ready" && this.namespace === null) {
+            void this.learnNamespace();
+          }
+        }, 1000).unref();
+        return;
+      }
+      runId = null;
+    }
+    if (runId === null) {
+      // INFO refused (renamed away by some hosted Redis): the bare prefix, as every instance
+      // will find; such a Redis must not restore the cache from a snapshot (README, Cache).
+      this.events.onWarning?.(
+        "Redis refuses INFO: cache keys use the bare prefix, so this Redis must not restore them from a snapshot",
+      );
+    }
+    if (this.redis.status !== "ready") {
+      return;
+    }
+    this.namespace = runId === null ? this.options.prefix : `${this.options.prefix}${runId}:`;
+    this.namespaceLearned.emit("learned");
+    await this.flushPending();
   }
 
   /**
@@ -190,34 +239,32 @@ export class RedisCustomerCache implements CustomerCache {
    * misses until Redis is reachable), so start-up need not fail on it.
    */
   async waitUntilReady(timeoutMs: number): Promise<boolean> {
-    if (this.redis.status === "ready") {
+    if (this.namespace !== null) {
       return true;
     }
     return new Promise((resolve) => {
       const timer = setTimeout(() => {
-        this.redis.off("ready", onReady);
+        this.namespaceLearned.off("learned", onReady);
         resolve(false);
       }, timeoutMs);
       const onReady = () => {
         clearTimeout(timer);
         resolve(true);
       };
-      this.redis.once("ready", onReady);
+      this.namespaceLearned.once("learned", onReady);
     });
   }
 
-  private key(digest: string): string {
-    return `${this.options.prefix}${digest}`;
+  private key(ns: string, digest: string): string {
+    return `${ns}${digest}`;
   }
 
-  private generationKey(digest: string): string {
-    return `${this.options.prefix}gen:${digest}`;
+  private generationKey(ns: string, digest: string): string {
+    return `${ns}gen:${digest}`;
   }
 
-  private indexKeys(request: IdentifyRequest): [string, string] {
-    const keys = identifierKeys(request).map(
-      (key) => `${this.options.prefix}idx:${identifierDigest(key)}`,
-    );
+  private indexKeys(ns: string, request: IdentifyRequest): [string, string] {
+    const keys = identifierKeys(request).map((key) => `${ns}idx:${identifierDigest(key)}`);
     const first = keys[0] ?? "";
     return [first, keys[1] ?? first];
   }
@@ -227,16 +274,17 @@ export class RedisCustomerCache implements CustomerCache {
   }
 
   async lookup(request: IdentifyRequest): Promise<CacheLookup> {
-    if (this.pending.size > 0) {
+    const ns = this.namespace;
+    if (this.pending.size > 0 || ns === null) {
       this.counters.misses++;
       return { customer: null, ticket: null };
     }
     try {
-      const [index1, index2] = this.indexKeys(request);
+      const [index1, index2] = this.indexKeys(ns, request);
       const result = await this.scripted.identityLookup(
         index1,
         index2,
-        this.options.prefix,
+        ns,
         randomUUID(),
         this.generationTtl,
       );
@@ -266,15 +314,16 @@ export class RedisCustomerCache implements CustomerCache {
 
   async fill(ticket: FillTicket, customer: Customer, request: IdentifyRequest): Promise<void> {
     const digest = customerDigest(customer.primaryContactId);
-    if (digest !== ticket.digest || this.pending.size > 0) {
+    const ns = this.namespace;
+    if (digest !== ticket.digest || this.pending.size > 0 || ns === null) {
       this.counters.staleFillsRefused++;
       return;
     }
     try {
-      const [index1, index2] = this.indexKeys(request);
+      const [index1, index2] = this.indexKeys(ns, request);
       const stored = await this.scripted.identityFill(
-        this.key(digest),
-        this.generationKey(digest),
+        this.key(ns, digest),
+        this.generationKey(ns, digest),
         index1,
         index2,
         ticket.generation,
@@ -295,11 +344,12 @@ export class RedisCustomerCache implements CustomerCache {
   }
 
   async hint(request: IdentifyRequest, primaryId: number): Promise<void> {
-    if (this.pending.size > 0) {
+    const ns = this.namespace;
+    if (this.pending.size > 0 || ns === null) {
       return;
     }
     try {
-      const [index1, index2] = this.indexKeys(request);
+      const [index1, index2] = this.indexKeys(ns, request);
       const digest = customerDigest(primaryId);
       const ttl = this.options.ttlSeconds;
       await this.redis.multi().set(index1, digest, "EX", ttl).set(index2, digest, "EX", ttl).exec();
@@ -316,16 +366,20 @@ export class RedisCustomerCache implements CustomerCache {
     const primaryId = customer.primaryContactId;
     const version = versionOf(customer);
     const digest = customerDigest(primaryId);
-    const [index1, index2] = this.indexKeys(request);
-    const keys = [this.key(digest), this.generationKey(digest), index1, index2];
-    for (const id of demotedPrimaryIds) {
-      const demoted = customerDigest(id);
-      keys.push(this.key(demoted), this.generationKey(demoted));
+    const ns = this.namespace;
+    const keys: string[] = [];
+    if (ns !== null) {
+      const [index1, index2] = this.indexKeys(ns, request);
+      keys.push(this.key(ns, digest), this.generationKey(ns, digest), index1, index2);
+      for (const id of demotedPrimaryIds) {
+        const demoted = customerDigest(id);
+        keys.push(this.key(ns, demoted), this.generationKey(ns, demoted));
+      }
     }
     // A publication is what keeps other instances from answering the old state: try twice
-    // before answering without it.
-    let failure: unknown = null;
-    for (let attempt = 0; attempt < 2; attempt++) {
+    // before answering without it (not at all while no Redis is known: owed at once).
+    let failure: unknown = new Error("not connected to Redis");
+    for (let attempt = 0; attempt < 2 && ns !== null; attempt++) {
       try {
         await this.scripted.identityPublish(
           keys.length,
@@ -375,7 +429,7 @@ export class RedisCustomerCache implements CustomerCache {
   }
 
   available(): boolean {
-    return this.reachable && this.pending.size === 0 && this.redis.status === "ready";
+    return this.reachable && this.pending.size === 0 && this.namespace !== null;
   }
 
   async close(): Promise<void> {
@@ -395,7 +449,7 @@ export class RedisCustomerCache implements CustomerCache {
   }
 
   /** Pays the owed publications: floors and tombstones, each with a new generation. */
-  private async settle(owed: readonly [number, Debt][]): Promise<void> {
+  private async settle(ns: string, owed: readonly [number, Debt][]): Promise<void> {
     const pipeline = this.redis.multi() as unknown as {
       identitySettle(...args: (string | number)[]): unknown;
       exec(): Promise<[Error | null, unknown][] | null>;
@@ -403,8 +457,8 @@ export class RedisCustomerCache implements CustomerCache {
     for (const [id, debt] of owed) {
       const digest = customerDigest(id);
       pipeline.identitySettle(
-        this.key(digest),
-        this.generationKey(digest),
+        this.key(ns, digest),
+        this.generationKey(ns, digest),
         debt.kind,
         debt.kind === "floor" ? debt.version : 0,
         this.options.ttlSeconds,
@@ -420,12 +474,13 @@ export class RedisCustomerCache implements CustomerCache {
   }
 
   private async flushPending(): Promise<void> {
-    if (this.pending.size === 0) {
+    const ns = this.namespace;
+    if (this.pending.size === 0 || ns === null) {
       return;
     }
     const owed = [...this.pending];
     try {
-      await this.settle(owed);
+      await this.settle(ns, owed);
       for (const [id, debt] of owed) {
         if (this.pending.get(id) === debt) {
           this.pending.delete(id);

@@ -63,7 +63,10 @@ export async function freePort(): Promise<number> {
   return address.port;
 }
 
-/** A Redis server this test starts itself, on its own port, keeping nothing on disk. */
+/**
+ * A Redis server this test starts itself, on its own port, keeping nothing on disk; with `dir`, a
+ * `SAVE` writes a snapshot there, and a restart loads it back.
+ */
 export interface OwnRedis {
   readonly url: string;
   readonly port: number;
@@ -71,7 +74,7 @@ export interface OwnRedis {
   start(): Promise<void>;
 }
 
-export async function startOwnRedis(): Promise<OwnRedis> {
+export async function startOwnRedis(options: { dir?: string } = {}): Promise<OwnRedis> {
   const port = await freePort();
   let child: ChildProcess | null = null;
   const start = async () => {
@@ -88,6 +91,7 @@ export async function startOwnRedis(): Promise<OwnRedis> {
         "no",
         "--enable-debug-command",
         "local",
+        ...(options.dir === undefined ? [] : ["--dir", options.dir, "--dbfilename", "dump.rdb"]),
       ],
       { stdio: "ignore" },
     );
