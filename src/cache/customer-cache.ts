@@ -27,6 +27,8 @@ export interface CacheStats {
   staleFillsRefused: number;
   /** Customers published by writers (tombstones included). */
   publications: number;
+  /** Entries a database read found older than the database, and replaced or made tombstones. */
+  repairs: number;
   /** Cache operations that failed or timed out (the request went on without the cache). */
   errors: number;
 }
@@ -58,8 +60,15 @@ export interface CustomerCache {
    * the request's identifiers at it, unless the customer's generation is no longer the ticket's.
    */
   fill(ticket: FillTicket, customer: Customer, request: IdentifyRequest): Promise<void>;
-  /** Points the index of the request's identifiers at `primaryId` (a wrong hint costs a miss). */
-  hint(request: IdentifyRequest, primaryId: number): Promise<void>;
+  /**
+   * After a database read that changed nothing: points the index of the request's identifiers at
+   * `customer` (as read, committed), and repairs what a writer that committed but never published
+   * (it died, or its COMMIT's answer was lost) left behind: the customer's entry, if there is one
+   * and it is older, is replaced by `customer`, and the entry of any of its secondaries that is
+   * still a customer (a primary that writer merged away) becomes a tombstone. Never creates an
+   * entry (that takes a ticket) and never replaces a tombstone.
+   */
+  hint(request: IdentifyRequest, customer: Customer): Promise<void>;
   /**
    * After a write committed, before answering: stores `customer` (unless a newer version is
    * already there) with a new generation, turns every id of `demotedPrimaryIds` into a tombstone,
@@ -89,7 +98,15 @@ export function identifierDigest(identifierKey: string): string {
 }
 
 export function emptyStats(): CacheStats {
-  return { hits: 0, misses: 0, fills: 0, staleFillsRefused: 0, publications: 0, errors: 0 };
+  return {
+    hits: 0,
+    misses: 0,
+    fills: 0,
+    staleFillsRefused: 0,
+    publications: 0,
+    repairs: 0,
+    errors: 0,
+  };
 }
 
 /** The version of a customer's state: its number of rows. */

@@ -71,8 +71,22 @@ export class MemoryCustomerCache implements CustomerCache {
     return Promise.resolve();
   }
 
-  hint(request: IdentifyRequest, primaryId: number): Promise<void> {
-    this.index(request, customerDigest(primaryId));
+  hint(request: IdentifyRequest, customer: Customer): Promise<void> {
+    const digest = customerDigest(customer.primaryContactId);
+    this.index(request, digest);
+    const current = this.entries.get(`c:${digest}`);
+    if (current !== undefined && this.store(digest, customer)) {
+      this.counters.repairs++;
+    }
+    for (const id of customer.secondaryContactIds) {
+      const demoted = customerDigest(id);
+      const entry = this.entries.get(`c:${demoted}`);
+      if (entry !== undefined && "customer" in entry) {
+        this.entries.set(`c:${demoted}`, { demoted: true });
+        this.tokens.set(`g:${demoted}`, randomUUID(), { ttl: this.ttlMs * 2 });
+        this.counters.repairs++;
+      }
+    }
     return Promise.resolve();
   }
 

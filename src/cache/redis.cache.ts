@@ -90,6 +90,29 @@ end
 return 1
 `;
 
+// KEYS: the two index keys, the customer key, then per secondary its customer key and generation
+// key. ARGV: digest, TTL, customer JSON, version, generation TTL, new token, tombstone.
+// Points the index at the customer; replaces an existing older entry of it (never creates one);
+// turns a secondary's entry that is still a customer into a tombstone. Returns the repairs made.
+const HINT_SCRIPT = `${NEWER}
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
+local repairs = 0
+if redis.call('EXISTS', KEYS[3]) == 1 and newer(KEYS[3], tonumber(ARGV[4])) then
+  redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[2])
+  repairs = repairs + 1
+end
+for i = 4, #KEYS, 2 do
+  local entry = redis.call('GET', KEYS[i])
+  if entry and not string.find(entry, '"demoted"', 1, true) then
+    redis.call('SET', KEYS[i], ARGV[7], 'EX', ARGV[2])
+    redis.call('SET', KEYS[i + 1], ARGV[6], 'EX', ARGV[5])
+    repairs = repairs + 1
+  end
+end
+return repairs
+`;
+
 // KEYS: customer key, generation key. ARGV: "floor" or "tombstone", version, TTL, generation TTL,
 // new token. Pays a publication that failed: a tombstone, or a floor that refuses any entry older
 // than the version the writer answered with (an older entry there is dropped).
@@ -124,6 +147,7 @@ interface ScriptedRedis {
     version: number,
   ): Promise<number>;
   identityPublish(keyCount: number, ...keysAndArgs: (string | number)[]): Promise<number>;
+  identityHint(keyCount: number, ...keysAndArgs: (string | number)[]): Promise<number>;
 }
 
 /**
@@ -186,6 +210,7 @@ export class RedisCustomerCache implements CustomerCache {
     this.redis.defineCommand("identityLookup", { numberOfKeys: 2, lua: LOOKUP_SCRIPT });
     this.redis.defineCommand("identityFill", { numberOfKeys: 4, lua: FILL_SCRIPT });
     this.redis.defineCommand("identityPublish", { lua: PUBLISH_SCRIPT });
+    this.redis.defineCommand("identityHint", { lua: HINT_SCRIPT });
     this.redis.defineCommand("identitySettle", { numberOfKeys: 2, lua: SETTLE_SCRIPT });
     this.scripted = this.redis as unknown as ScriptedRedis;
     this.redis.on("error", (error: Error) => {
@@ -343,16 +368,29 @@ export class RedisCustomerCache implements CustomerCache {
     }
   }
 
-  async hint(request: IdentifyRequest, primaryId: number): Promise<void> {
+  async hint(request: IdentifyRequest, customer: Customer): Promise<void> {
     const ns = this.namespace;
     if (this.pending.size > 0 || ns === null) {
       return;
     }
     try {
-      const [index1, index2] = this.indexKeys(ns, request);
-      const digest = customerDigest(primaryId);
-      const ttl = this.options.ttlSeconds;
-      await this.redis.multi().set(index1, digest, "EX", ttl).set(index2, digest, "EX", ttl).exec();
+      const digest = customerDigest(customer.primaryContactId);
+      const keys = [...this.indexKeys(ns, request), this.key(ns, digest)];
+      for (const id of customer.secondaryContactIds) {
+        const secondary = customerDigest(id);
+        keys.push(this.key(ns, secondary), this.generationKey(ns, secondary));
+      }
+      this.counters.repairs += await this.scripted.identityHint(
+        keys.length,
+        ...keys,
+        digest,
+        this.options.ttlSeconds,
+        JSON.stringify(customer),
+        versionOf(customer),
+        this.generationTtl,
+        randomUUID(),
+        TOMBSTONE,
+      );
     } catch (error) {
       this.failed(error);
     }

@@ -26,6 +26,7 @@ const CACHE_RESULTS: [keyof CacheStats, string][] = [
   ["fills", "fill"],
   ["staleFillsRefused", "stale_fill_refused"],
   ["publications", "publication"],
+  ["repairs", "repair"],
   ["errors", "error"],
 ];
 

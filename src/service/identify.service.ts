@@ -63,7 +63,7 @@ export class IdentifyService {
         await this.options.beforeCacheFill?.();
         await this.cache.fill(lookup.ticket, customer, request);
       } else {
-        await this.cache.hint(request, readOnly.winnerId);
+        await this.cache.hint(request, customer);
       }
       return { customer, outcome: "unchanged", cached: false };
     }
@@ -100,7 +100,7 @@ export class IdentifyService {
       },
     );
     if (plan.outcome === "unchanged") {
-      await this.cache.hint(request, customer.primaryContactId);
+      await this.cache.hint(request, customer);
     } else {
       await this.cache.publish(customer, plan.relinkGroups, request);
     }

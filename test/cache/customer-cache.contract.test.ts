@@ -92,7 +92,7 @@ for (const adapter of adapters) {
     it("gives a ticket once hinted, and a hit once filled with it", async () => {
       const cache = await open();
       const { request, customer } = fresh();
-      await cache.hint(request, customer.primaryContactId);
+      await cache.hint(request, customer);
       const miss = await cache.lookup(request);
       assert.equal(miss.customer, null);
       assert.ok(miss.ticket);
@@ -112,7 +112,7 @@ for (const adapter of adapters) {
     it("misses when the cached customer lacks one of the request's values", async () => {
       const cache = await open();
       const { request, customer } = fresh();
-      await cache.hint(request, customer.primaryContactId);
+      await cache.hint(request, customer);
       const { ticket } = await cache.lookup(request);
       assert.ok(ticket);
       const without = { ...customer, phoneNumbers: [] };
@@ -128,11 +128,8 @@ for (const adapter of adapters) {
       const cache = await open();
       const a = fresh();
       const b = fresh();
-      await cache.hint({ email: a.request.email, phoneNumber: null }, a.customer.primaryContactId);
-      await cache.hint(
-        { email: null, phoneNumber: b.request.phoneNumber },
-        b.customer.primaryContactId,
-      );
+      await cache.hint({ email: a.request.email, phoneNumber: null }, a.customer);
+      await cache.hint({ email: null, phoneNumber: b.request.phoneNumber }, b.customer);
       assert.deepEqual(
         await cache.lookup({ email: a.request.email, phoneNumber: b.request.phoneNumber }),
         { customer: null, ticket: null },
@@ -142,7 +139,7 @@ for (const adapter of adapters) {
     it("lets a writer's publication replace an older entry, and never the reverse", async () => {
       const cache = await open();
       const { request, customer } = fresh();
-      await cache.hint(request, customer.primaryContactId);
+      await cache.hint(request, customer);
       const first = await cache.lookup(request);
       assert.ok(first.ticket);
       await cache.fill(first.ticket, customer, request);
@@ -165,7 +162,7 @@ for (const adapter of adapters) {
     it("refuses a fill whose ticket was taken before a publication (the fill-after-invalidate race)", async () => {
       const cache = await open();
       const { request, customer } = fresh();
-      await cache.hint(request, customer.primaryContactId);
+      await cache.hint(request, customer);
       const { ticket } = await cache.lookup(request);
       assert.ok(ticket);
       // A writer commits and publishes between this reader's database read and its fill...
@@ -185,7 +182,7 @@ for (const adapter of adapters) {
     it("refuses a fill taken before a publication even once the published entry is gone", async () => {
       const cache = await open();
       const { request, customer } = fresh();
-      await cache.hint(request, customer.primaryContactId);
+      await cache.hint(request, customer);
       const { ticket } = await cache.lookup(request);
       assert.ok(ticket);
       const other = fresh();
@@ -200,10 +197,40 @@ for (const adapter of adapters) {
       );
     });
 
+    it("repairs an older entry on a hint, tombstones a secondary's entry, and creates none", async () => {
+      const cache = await open();
+      const a = fresh();
+      const b = fresh();
+      const c = fresh();
+      for (const { request, customer } of [a, b]) {
+        await cache.hint(request, customer);
+        const { ticket } = await cache.lookup(request);
+        assert.ok(ticket);
+        await cache.fill(ticket, customer, request);
+      }
+      // a's customer as the database now has it: b merged under it by a writer that never published.
+      const merged: Customer = {
+        ...a.customer,
+        secondaryContactIds: [b.customer.primaryContactId],
+      };
+      await cache.hint(a.request, merged);
+      assert.deepEqual((await cache.lookup(a.request)).customer, merged);
+      assert.deepEqual(await cache.lookup(b.request), { customer: null, ticket: null });
+      await cache.hint(b.request, b.customer); // an older read: the tombstone stays
+      assert.equal((await cache.lookup(b.request)).customer, null);
+      await cache.hint(a.request, a.customer); // an older version: not stored
+      assert.deepEqual((await cache.lookup(a.request)).customer, merged);
+      await cache.hint(c.request, c.customer); // no entry: none created
+      const miss = await cache.lookup(c.request);
+      assert.equal(miss.customer, null);
+      assert.ok(miss.ticket);
+      assert.equal(cache.stats().repairs, 2);
+    });
+
     it("refuses a fill for another customer than the ticket's", async () => {
       const cache = await open();
       const { request, customer } = fresh();
-      await cache.hint(request, customer.primaryContactId);
+      await cache.hint(request, customer);
       const { ticket } = await cache.lookup(request);
       assert.ok(ticket);
       await cache.fill(ticket, { ...customer, primaryContactId: 1 }, request);
@@ -214,7 +241,7 @@ for (const adapter of adapters) {
     it("expires entries after the TTL", async () => {
       const cache = await open(1);
       const { request, customer } = fresh();
-      await cache.hint(request, customer.primaryContactId);
+      await cache.hint(request, customer);
       const { ticket } = await cache.lookup(request);
       assert.ok(ticket);
       await cache.fill(ticket, customer, request);
@@ -240,7 +267,7 @@ if (redisUrl !== null) {
       const redis = new Redis(redisUrl);
       try {
         const { request, customer } = fresh();
-        await cache.hint(request, customer.primaryContactId);
+        await cache.hint(request, customer);
         const { ticket } = await cache.lookup(request);
         assert.ok(ticket);
         await cache.fill(ticket, customer, request);
@@ -315,7 +342,7 @@ if (redisUrl !== null) {
         assert.ok(await writer.waitUntilReady(5000));
         const { request, customer } = fresh();
         const v2: Customer = { ...customer, secondaryContactIds: [customer.primaryContactId + 1] };
-        await writer.hint(request, customer.primaryContactId);
+        await writer.hint(request, customer);
         const miss = await writer.lookup(request);
         assert.ok(miss.ticket);
         await writer.fill(miss.ticket, customer, request);
@@ -383,7 +410,7 @@ if (redisUrl !== null) {
         const started = Date.now();
         assert.deepEqual(await cache.lookup(request), { customer: null, ticket: null });
         await cache.publish(customer, [7], request);
-        await cache.hint(request, customer.primaryContactId);
+        await cache.hint(request, customer);
         assert.ok(Date.now() - started < 1000);
         // Never connected: the lookup misses without trying; the publication is owed.
         assert.ok(cache.stats().errors >= 1);

@@ -180,6 +180,48 @@ for (const dialect of dialectsUnderTest()) {
           await cache.close();
         }
       });
+
+      it("repairs, at the next database read, what a writer that committed but never published left", async () => {
+        const cache = await openCache();
+        const running = await startApp(database, { cache });
+        // Commits and never publishes: a writer that died between its COMMIT and its publication.
+        const silent = await startApp(database, { cache: new NoCache() });
+        try {
+          const a = { email: "repair-a@hillvalley.edu", phoneNumber: "5554000" };
+          const b = { email: "repair-b@hillvalley.edu", phoneNumber: "5554001" };
+          for (const body of [a, b, a, b]) {
+            await identify(running.url, body); // create, then fill both
+          }
+          const grown = await identify(silent.url, { email: a.email, phoneNumber: "5554002" });
+          assert.equal(grown.secondaryContactIds.length, 1);
+          // The client's retry: its new phone is in no index, so it reads the database.
+          assert.deepEqual(
+            await identify(running.url, { email: a.email, phoneNumber: "5554002" }),
+            grown,
+          );
+          assert.deepEqual(await identify(running.url, { email: a.email }), grown);
+
+          const merged = await identify(silent.url, { email: a.email, phoneNumber: b.phoneNumber });
+          assert.equal(merged.secondaryContactIds.length, 2);
+          assert.deepEqual(
+            await identify(running.url, { email: a.email, phoneNumber: b.phoneNumber }),
+            merged,
+          );
+          for (const body of [
+            { email: b.email },
+            { phoneNumber: b.phoneNumber },
+            { email: a.email },
+            { phoneNumber: a.phoneNumber },
+          ]) {
+            assert.deepEqual(await identify(running.url, body), merged, JSON.stringify(body));
+          }
+          assert.ok(cache.stats().repairs >= 3, JSON.stringify(cache.stats()));
+        } finally {
+          await silent.close();
+          await running.close();
+          await cache.close();
+        }
+      });
     });
   }
 }
