@@ -58,6 +58,7 @@ export interface CustomerCache {
   /**
    * Stores `customer` (read from the database after `ticket` was taken) and points the index of
    * the request's identifiers at it, unless the customer's generation is no longer the ticket's.
+   * Either way, like `hint`, turns a secondary's entry that is still a customer into a tombstone.
    */
   fill(ticket: FillTicket, customer: Customer, request: IdentifyRequest): Promise<void>;
   /**

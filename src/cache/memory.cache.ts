@@ -57,6 +57,7 @@ export class MemoryCustomerCache implements CustomerCache {
 
   fill(ticket: FillTicket, customer: Customer, request: IdentifyRequest): Promise<void> {
     const digest = customerDigest(customer.primaryContactId);
+    this.demoteSecondaries(customer);
     if (digest !== ticket.digest || this.tokens.get(`g:${digest}`) !== ticket.generation) {
       this.counters.staleFillsRefused++;
       return Promise.resolve();
@@ -78,6 +79,15 @@ export class MemoryCustomerCache implements CustomerCache {
     if (current !== undefined && this.store(digest, customer)) {
       this.counters.repairs++;
     }
+    this.demoteSecondaries(customer);
+    return Promise.resolve();
+  }
+
+  /**
+   * An entry under one of the customer's secondaries that is still a customer was left by a
+   * writer that merged it away and never published: it becomes a tombstone.
+   */
+  private demoteSecondaries(customer: Customer): void {
     for (const id of customer.secondaryContactIds) {
       const demoted = customerDigest(id);
       const entry = this.entries.get(`c:${demoted}`);
@@ -87,7 +97,6 @@ export class MemoryCustomerCache implements CustomerCache {
         this.counters.repairs++;
       }
     }
-    return Promise.resolve();
   }
 
   publish(

@@ -61,16 +61,36 @@ local function newer(key, version)
 end
 `;
 
-// KEYS: customer key, generation key, the two index keys.
-// ARGV: ticket generation, customer JSON, TTL, digest, generation TTL, version.
-const FILL_SCRIPT = `${NEWER}
-if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
-if not newer(KEYS[1], tonumber(ARGV[6])) then return 0 end
+// Pairs of keys from KEYS[first] on: a secondary's customer key and generation key. An entry
+// there that is still a customer is left by a writer that merged it away and never published:
+// it becomes a tombstone, with a new generation. Returns how many did.
+const DEMOTE_SECONDARIES = `
+local function demote_secondaries(first, tombstone, ttl, token, generationTtl)
+  local demoted = 0
+  for i = first, #KEYS, 2 do
+    local entry = redis.call('GET', KEYS[i])
+    if entry and not string.find(entry, '"demoted"', 1, true) then
+      redis.call('SET', KEYS[i], tombstone, 'EX', ttl)
+      redis.call('SET', KEYS[i + 1], token, 'EX', generationTtl)
+      demoted = demoted + 1
+    end
+  end
+  return demoted
+end
+`;
+
+// KEYS: customer key, generation key, the two index keys, then the secondaries' pairs.
+// ARGV: ticket generation, customer JSON, TTL, digest, generation TTL, version, new token,
+// tombstone. Returns {stored (0 or 1), repairs}.
+const FILL_SCRIPT = `${NEWER}${DEMOTE_SECONDARIES}
+local repairs = demote_secondaries(5, ARGV[8], ARGV[3], ARGV[7], ARGV[5])
+if redis.call('GET', KEYS[2]) ~= ARGV[1] then return {0, repairs} end
+if not newer(KEYS[1], tonumber(ARGV[6])) then return {0, repairs} end
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[3])
 redis.call('EXPIRE', KEYS[2], ARGV[5])
 redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[3])
 redis.call('SET', KEYS[4], ARGV[4], 'EX', ARGV[3])
-return 1
+return {1, repairs}
 `;
 
 // KEYS: customer key, generation key, the two index keys, then per demoted primary its customer
@@ -94,21 +114,13 @@ return 1
 // key. ARGV: digest, TTL, customer JSON, version, generation TTL, new token, tombstone.
 // Points the index at the customer; replaces an existing older entry of it (never creates one);
 // turns a secondary's entry that is still a customer into a tombstone. Returns the repairs made.
-const HINT_SCRIPT = `${NEWER}
+const HINT_SCRIPT = `${NEWER}${DEMOTE_SECONDARIES}
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('SET', KEYS[2], ARGV[1], 'EX', ARGV[2])
-local repairs = 0
+local repairs = demote_secondaries(4, ARGV[7], ARGV[2], ARGV[6], ARGV[5])
 if redis.call('EXISTS', KEYS[3]) == 1 and newer(KEYS[3], tonumber(ARGV[4])) then
   redis.call('SET', KEYS[3], ARGV[3], 'EX', ARGV[2])
   repairs = repairs + 1
-end
-for i = 4, #KEYS, 2 do
-  local entry = redis.call('GET', KEYS[i])
-  if entry and not string.find(entry, '"demoted"', 1, true) then
-    redis.call('SET', KEYS[i], ARGV[7], 'EX', ARGV[2])
-    redis.call('SET', KEYS[i + 1], ARGV[6], 'EX', ARGV[5])
-    repairs = repairs + 1
-  end
 end
 return repairs
 `;
@@ -135,17 +147,9 @@ interface ScriptedRedis {
     generationTtl: number,
   ): Promise<[string, string, string?] | null>;
   identityFill(
-    customerKey: string,
-    generationKey: string,
-    indexKey1: string,
-    indexKey2: string,
-    generation: string,
-    value: string,
-    ttl: number,
-    digest: string,
-    generationTtl: number,
-    version: number,
-  ): Promise<number>;
+    keyCount: number,
+    ...keysAndArgs: (string | number)[]
+  ): Promise<[stored: number, repairs: number]>;
   identityPublish(keyCount: number, ...keysAndArgs: (string | number)[]): Promise<number>;
   identityHint(keyCount: number, ...keysAndArgs: (string | number)[]): Promise<number>;
 }
@@ -208,7 +212,7 @@ export class RedisCustomerCache implements CustomerCache {
       lazyConnect: false,
     });
     this.redis.defineCommand("identityLookup", { numberOfKeys: 2, lua: LOOKUP_SCRIPT });
-    this.redis.defineCommand("identityFill", { numberOfKeys: 4, lua: FILL_SCRIPT });
+    this.redis.defineCommand("identityFill", { lua: FILL_SCRIPT });
     this.redis.defineCommand("identityPublish", { lua: PUBLISH_SCRIPT });
     this.redis.defineCommand("identityHint", { lua: HINT_SCRIPT });
     this.redis.defineCommand("identitySettle", { numberOfKeys: 2, lua: SETTLE_SCRIPT });
@@ -294,6 +298,16 @@ export class RedisCustomerCache implements CustomerCache {
     return [first, keys[1] ?? first];
   }
 
+  /** Each secondary's customer key and generation key, in pairs. */
+  private secondaryKeys(ns: string, customer: Customer): string[] {
+    const keys: string[] = [];
+    for (const id of customer.secondaryContactIds) {
+      const digest = customerDigest(id);
+      keys.push(this.key(ns, digest), this.generationKey(ns, digest));
+    }
+    return keys;
+  }
+
   private get generationTtl(): number {
     return this.options.ttlSeconds * 2;
   }
@@ -345,19 +359,25 @@ export class RedisCustomerCache implements CustomerCache {
       return;
     }
     try {
-      const [index1, index2] = this.indexKeys(ns, request);
-      const stored = await this.scripted.identityFill(
+      const keys = [
         this.key(ns, digest),
         this.generationKey(ns, digest),
-        index1,
-        index2,
+        ...this.indexKeys(ns, request),
+        ...this.secondaryKeys(ns, customer),
+      ];
+      const [stored, repairs] = await this.scripted.identityFill(
+        keys.length,
+        ...keys,
         ticket.generation,
         JSON.stringify(customer),
         this.options.ttlSeconds,
         digest,
         this.generationTtl,
         versionOf(customer),
+        randomUUID(),
+        TOMBSTONE,
       );
+      this.counters.repairs += repairs;
       if (stored === 1) {
         this.counters.fills++;
       } else {
@@ -375,11 +395,11 @@ export class RedisCustomerCache implements CustomerCache {
     }
     try {
       const digest = customerDigest(customer.primaryContactId);
-      const keys = [...this.indexKeys(ns, request), this.key(ns, digest)];
-      for (const id of customer.secondaryContactIds) {
-        const secondary = customerDigest(id);
-        keys.push(this.key(ns, secondary), this.generationKey(ns, secondary));
-      }
+      const keys = [
+        ...this.indexKeys(ns, request),
+        this.key(ns, digest),
+        ...this.secondaryKeys(ns, customer),
+      ];
       this.counters.repairs += await this.scripted.identityHint(
         keys.length,
         ...keys,

@@ -227,6 +227,29 @@ for (const adapter of adapters) {
       assert.equal(cache.stats().repairs, 2);
     });
 
+    it("tombstones a secondary's entry on a fill as well", async () => {
+      const cache = await open();
+      const b = fresh();
+      await cache.hint(b.request, b.customer);
+      const bTicket = (await cache.lookup(b.request)).ticket;
+      assert.ok(bTicket);
+      await cache.fill(bTicket, b.customer, b.request);
+      assert.deepEqual((await cache.lookup(b.request)).customer, b.customer);
+      // The database now has b under c's customer, merged by a writer that never published.
+      const c = fresh();
+      const merged: Customer = {
+        ...c.customer,
+        secondaryContactIds: [b.customer.primaryContactId],
+      };
+      await cache.hint(c.request, c.customer);
+      const cTicket = (await cache.lookup(c.request)).ticket;
+      assert.ok(cTicket);
+      await cache.fill(cTicket, merged, c.request);
+      assert.deepEqual(await cache.lookup(b.request), { customer: null, ticket: null });
+      assert.deepEqual((await cache.lookup(c.request)).customer, merged);
+      assert.equal(cache.stats().repairs, 1);
+    });
+
     it("refuses a fill for another customer than the ticket's", async () => {
       const cache = await open();
       const { request, customer } = fresh();
