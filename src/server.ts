@@ -178,8 +178,9 @@ async function runPrimary(config: Config, logger: Logger): Promise<void> {
     }
     stopping = true;
     logger.info({ reason }, "stopping workers");
+    // A worker whose exit is being handled may still be listed: nothing more to wait for there.
     const workers = Object.values(cluster.workers ?? {}).filter(
-      (w): w is Worker => w !== undefined,
+      (w): w is Worker => w !== undefined && !w.isDead(),
     );
     let failed = exitCode !== 0;
     let remaining = workers.length;

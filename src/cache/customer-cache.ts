@@ -58,7 +58,9 @@ export interface CustomerCache {
   /**
    * Stores `customer` (read from the database after `ticket` was taken) and points the index of
    * the request's identifiers at it, unless the customer's generation is no longer the ticket's.
-   * Either way, like `hint`, turns a secondary's entry that is still a customer into a tombstone.
+   * Like `hint`, it also turns a secondary's entry that is still a customer into a tombstone
+   * (skipped when the ticket is another customer's, or the backend owes publications or is not
+   * connected).
    */
   fill(ticket: FillTicket, customer: Customer, request: IdentifyRequest): Promise<void>;
   /**

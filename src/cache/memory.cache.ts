@@ -57,8 +57,12 @@ export class MemoryCustomerCache implements CustomerCache {
 
   fill(ticket: FillTicket, customer: Customer, request: IdentifyRequest): Promise<void> {
     const digest = customerDigest(customer.primaryContactId);
+    if (digest !== ticket.digest) {
+      this.counters.staleFillsRefused++;
+      return Promise.resolve();
+    }
     this.demoteSecondaries(customer);
-    if (digest !== ticket.digest || this.tokens.get(`g:${digest}`) !== ticket.generation) {
+    if (this.tokens.get(`g:${digest}`) !== ticket.generation) {
       this.counters.staleFillsRefused++;
       return Promise.resolve();
     }

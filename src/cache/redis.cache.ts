@@ -194,10 +194,11 @@ export class RedisCustomerCache implements CustomerCache {
   private retryTimer: NodeJS.Timeout | null = null;
   private reachable = true;
   /**
-   * Where this cache's keys live: the prefix and the Redis process's run id (its first 16 hex
-   * digits), learned at every connection; null until then. A Redis restarted from a snapshot (or
-   * replaced by a replica) has a new run id, so the entries it brought back, older than answers
-   * given since the snapshot, are never read: the cache starts empty there, which is safe.
+   * Where this cache's keys live: the prefix, then the first 12 hex digits of the Redis process's
+   * run id and of its replication id, learned at every connection; null until then. A Redis
+   * restarted from a snapshot has a new run id, a server promoted to master a new replication id:
+   * the entries they bring back, older than answers given since, are never read there (the cache
+   * starts empty, which is safe).
    */
   private namespace: string | null = null;
   private readonly namespaceLearned = new EventEmitter();
@@ -228,38 +229,42 @@ export class RedisCustomerCache implements CustomerCache {
     });
   }
 
-  /** Reads the run id of the Redis just connected to, then pays what is owed to it. */
+  /**
+   * Reads the run id and the replication id of the Redis just connected to, then pays what is
+   * owed to it. The run id changes when Redis restarts (from a snapshot, say); the replication id
+   * when a server is promoted to master (a failover, and the failback after it).
+   */
   private async learnNamespace(): Promise<void> {
-    let runId: string | null;
+    let info: string;
     try {
-      const info = await this.redis.info("server");
-      runId = /^run_id:([0-9a-f]{16})/m.exec(info)?.[1] ?? null;
+      info = await this.redis.info();
     } catch (error) {
-      if (!(error instanceof Error) || !/unknown command|NOPERM/i.test(error.message)) {
-        // A timeout or a dropped connection: try again, the cache unused meanwhile (every
-        // instance must use the same keys, so no guess).
-        this.failed(error);
-        setTimeout(() => {
-          if (this.redis.status === "ready" && this.namespace === null) {
-            void this.learnNamespace();
-          }
-        }, 1000).unref();
-        return;
-      }
-      runId = null;
+      // A timeout or a dropped connection: try again, the cache unused meanwhile (every instance
+      // must use the same keys, so no guess). ioredis itself needs INFO to become ready.
+      this.failed(error);
+      setTimeout(() => {
+        if (this.redis.status === "ready" && this.namespace === null) {
+          void this.learnNamespace();
+        }
+      }, 1000).unref();
+      return;
     }
-    if (runId === null) {
-      // INFO refused (renamed away by some hosted Redis): the bare prefix, as every instance
-      // will find; such a Redis must not restore the cache from a snapshot (README, Cache).
+    const runId = /^run_id:([0-9a-f]{12})/m.exec(info)?.[1];
+    const replicationId = /^master_replid:([0-9a-f]{12})/m.exec(info)?.[1];
+    if (runId === undefined || replicationId === undefined) {
       this.events.onWarning?.(
-        "Redis refuses INFO: cache keys use the bare prefix, so this Redis must not restore them from a snapshot",
+        "Redis reports no run_id or master_replid: cache keys use the bare prefix, so this Redis must not restore them from a snapshot or fail over",
       );
     }
     if (this.redis.status !== "ready") {
       return;
     }
-    this.namespace = runId === null ? this.options.prefix : `${this.options.prefix}${runId}:`;
+    this.namespace =
+      runId === undefined || replicationId === undefined
+        ? this.options.prefix
+        : `${this.options.prefix}${runId}${replicationId}:`;
     this.namespaceLearned.emit("learned");
+    this.markAvailable();
     await this.flushPending();
   }
 

@@ -277,7 +277,7 @@ for (const adapter of adapters) {
 
 if (redisUrl !== null) {
   describe("redis cache keys", () => {
-    it("stores the consolidated answer under the prefix, the Redis run id and the hex SHA-256 of the primary id, with a one-hour expiry", async () => {
+    it("stores the consolidated answer under the prefix, the Redis run and replication ids and the hex SHA-256 of the primary id, with a one-hour expiry", async () => {
       const prefix = uniquePrefix();
       prefixes.push(prefix);
       const cache = new RedisCustomerCache({
@@ -296,10 +296,12 @@ if (redisUrl !== null) {
         await cache.fill(ticket, customer, request);
 
         const digest = createHash("sha256").update(String(customer.primaryContactId)).digest("hex");
-        // The prefix, then this Redis process's run id (its first 16 hex digits).
-        const runId = /^run_id:([0-9a-f]{16})/m.exec(await redis.info("server"))?.[1];
-        assert.ok(runId);
-        const key = `${prefix}${runId}:${digest}`;
+        // The prefix, then the first 12 hex digits of this Redis's run id and replication id.
+        const info = await redis.info();
+        const runId = /^run_id:([0-9a-f]{12})/m.exec(info)?.[1];
+        const replicationId = /^master_replid:([0-9a-f]{12})/m.exec(info)?.[1];
+        assert.ok(runId && replicationId);
+        const key = `${prefix}${runId}${replicationId}:${digest}`;
         const stored = await redis.get(key);
         assert.ok(stored);
         assert.deepEqual(JSON.parse(stored), customer);
