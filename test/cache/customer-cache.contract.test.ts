@@ -18,6 +18,7 @@ import {
   testRedisUrl,
   uniquePrefix,
 } from "../support/redis.js";
+import type { OwnRedis } from "../support/redis.js";
 
 interface Adapter {
   readonly name: string;
@@ -318,7 +319,17 @@ if (redisUrl !== null) {
       }
     });
 
-    it("leaves a floor when a publication fails, so no older version is stored or served afterwards", async () => {
+    /** A writer and another instance on a Redis of the test's own, and a customer at v6 and v7. */
+    async function withTwoInstances(
+      test: (setup: {
+        readonly own: OwnRedis;
+        readonly writer: RedisCustomerCache;
+        readonly other: RedisCustomerCache;
+        readonly request: IdentifyRequest;
+        readonly v6: Customer;
+        readonly v7: Customer;
+      }) => Promise<void>,
+    ): Promise<void> {
       const own = await startOwnRedis();
       const options = { url: own.url, prefix: "identity:v1:", ttlSeconds: 3600, timeoutMs: 100 };
       const writer = new RedisCustomerCache(options);
@@ -329,15 +340,34 @@ if (redisUrl !== null) {
         const { request, customer } = fresh();
         const v6: Customer = { ...customer, secondaryContactIds: [1, 2, 3, 4, 5] };
         const v7: Customer = { ...customer, secondaryContactIds: [1, 2, 3, 4, 5, 6] };
+        await test({ own, writer, other, request, v6, v7 });
+      } finally {
+        await writer.close();
+        await other.close();
+        await own.stop();
+      }
+    }
+
+    /** Restarts the Redis, waits until `writer` has paid what it owes, and for `other`. */
+    async function restartAndSettle(
+      own: OwnRedis,
+      writer: RedisCustomerCache,
+      other: RedisCustomerCache,
+    ): Promise<void> {
+      await own.start();
+      for (let i = 0; i < 50 && writer.pendingInvalidations() > 0; i++) {
+        await sleep(100);
+      }
+      assert.equal(writer.pendingInvalidations(), 0, "the debt is paid once Redis is back");
+      assert.ok(await other.waitUntilReady(5000));
+    }
+
+    it("leaves a floor when a publication fails, so no older version is stored or served afterwards", async () => {
+      await withTwoInstances(async ({ own, writer, other, request, v6, v7 }) => {
         await own.stop();
         await writer.publish(v7, [], request); // fails: the writer owes a floor at version 7
         assert.equal(writer.pendingInvalidations(), 1);
-        await own.start();
-        for (let i = 0; i < 50 && writer.pendingInvalidations() > 0; i++) {
-          await sleep(100);
-        }
-        assert.equal(writer.pendingInvalidations(), 0, "the debt is paid once Redis is back");
-        assert.ok(await other.waitUntilReady(5000));
+        await restartAndSettle(own, writer, other);
         // Another instance's publication of the older state arrives late: refused by the floor.
         await other.publish(v6, [], request);
         const miss = await other.lookup(request);
@@ -349,11 +379,7 @@ if (redisUrl !== null) {
         assert.ok(again.ticket);
         await other.fill(again.ticket, v7, request);
         assert.deepEqual((await other.lookup(request)).customer, v7);
-      } finally {
-        await writer.close();
-        await other.close();
-        await own.stop();
-      }
+      });
     });
 
     it("never answers from entries that a Redis restarted from a snapshot brought back", async () => {
@@ -396,31 +422,14 @@ if (redisUrl !== null) {
     });
 
     it("keeps the highest floor owed when two failed publications of a customer end out of order", async () => {
-      const own = await startOwnRedis();
-      const options = { url: own.url, prefix: "identity:v1:", ttlSeconds: 3600, timeoutMs: 100 };
-      const writer = new RedisCustomerCache(options);
-      const other = new RedisCustomerCache(options);
-      try {
-        assert.ok(await writer.waitUntilReady(5000));
-        const { request, customer } = fresh();
-        const v6: Customer = { ...customer, secondaryContactIds: [1, 2, 3, 4, 5] };
-        const v7: Customer = { ...customer, secondaryContactIds: [1, 2, 3, 4, 5, 6] };
+      await withTwoInstances(async ({ own, writer, other, request, v6, v7 }) => {
         await own.stop();
         await writer.publish(v7, [], request); // answered v7: owes a floor at 7
         await writer.publish(v6, [], request); // an older writer's, failing later: still 7
-        await own.start();
-        for (let i = 0; i < 50 && writer.pendingInvalidations() > 0; i++) {
-          await sleep(100);
-        }
-        assert.equal(writer.pendingInvalidations(), 0, "the debt is paid once Redis is back");
-        assert.ok(await other.waitUntilReady(5000));
+        await restartAndSettle(own, writer, other);
         await other.publish(v6, [], request);
         assert.equal((await other.lookup(request)).customer, null, "v6 is older than an answer");
-      } finally {
-        await writer.close();
-        await other.close();
-        await own.stop();
-      }
+      });
     });
 
     it("degrades to misses, within the timeout, when Redis cannot be reached", async () => {
