@@ -1,3 +1,4 @@
+import { randomUUID } from "node:crypto";
 import type { Redis } from "ioredis";
 
 export interface SyncedCountsOptions {
@@ -17,10 +18,14 @@ interface Count {
 type Callback = (error: Error | null, count?: Count) => void;
 
 interface Counter {
-  /** Requests counted here and not yet sent to Redis. */
+  /** Requests counted here and not yet in a batch. */
   pending: number;
-  /** Requests being added to Redis now. */
+  /** Requests of the batch being added to Redis, or to be sent again: it may have been applied. */
   sending: number;
+  /** The batch's number: Redis applies a batch of this process to this key once. */
+  batch: number;
+  /** A send of this counter's batch is out. */
+  inFlight: boolean;
   /** The window's count in Redis (every process), as last read, this process's sent ones included. */
   shared: number;
   /** When the window ends, in ms since the epoch. */
@@ -28,14 +33,27 @@ interface Counter {
   readonly windowMs: number;
 }
 
-/** Adds a process's count to the window's, starting the window if there is none; returns both. */
+/**
+ * Adds a process's batch to the window's count, starting the window if there is none; returns
+ * the count and the window's time left. KEYS: the window's key, its batches key. ARGV: the batch's
+ * count, the window in ms, the process's id, the batch's number. A batch is applied once: a send
+ * that timed out after Redis ran it is sent again with the same number, and only read back.
+ */
 const SYNC = `
-local count = redis.call('INCRBY', KEYS[1], ARGV[1])
+local applied = tonumber(redis.call('HGET', KEYS[2], ARGV[3]) or '0')
+local count
+if tonumber(ARGV[4]) > applied then
+  count = redis.call('INCRBY', KEYS[1], ARGV[1])
+  redis.call('HSET', KEYS[2], ARGV[3], ARGV[4])
+else
+  count = tonumber(redis.call('GET', KEYS[1]) or '0')
+end
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   ttl = tonumber(ARGV[2])
 end
+redis.call('PEXPIRE', KEYS[2], ttl)
 return {count, ttl}`;
 
 /** Clients counted at most at once; past it the oldest counter is dropped (its count restarts). */
@@ -47,7 +65,14 @@ const RETRY_MS = 1000;
 /** How often counters of past windows are dropped. */
 const SWEEP_MS = 10_000;
 
-type SyncCommand = (key: string, count: number, windowMs: number) => Promise<[number, number]>;
+type SyncCommand = (
+  key: string,
+  batchesKey: string,
+  count: number,
+  windowMs: number,
+  processId: string,
+  batch: number,
+) => Promise<[number, number]>;
 
 /**
  * A @fastify/rate-limit store whose counts are shared through Redis without a Redis round trip
@@ -62,11 +87,17 @@ type SyncCommand = (key: string, count: number, windowMs: number) => Promise<[nu
  */
 export function syncedRedisStore(options: SyncedCountsOptions) {
   const sync = defineSync(options.redis);
+  const processId = randomUUID();
+  // Batch numbers rise across every counter of the process: a counter made again (a new window,
+  // or one dropped for room) never reuses a number that Redis has applied.
+  let batches = 0;
   return class SyncedRedisStore {
     private readonly counters = new Map<string, Counter>();
     /** Keys counted since their last send. */
     private readonly dirty = new Set<string>();
     private timer: NodeJS.Timeout | null = null;
+    /** While Redis fails: no sync before this time (ms since the epoch). */
+    private retryAt = 0;
     private nextSweep = 0;
     private readonly prefix: string;
 
@@ -88,6 +119,8 @@ export function syncedRedisStore(options: SyncedCountsOptions) {
         counter = {
           pending: 0,
           sending: 0,
+          batch: 0,
+          inFlight: false,
           shared: 0,
           resetAt: now + timeWindow,
           windowMs: timeWindow,
@@ -115,11 +148,21 @@ export function syncedRedisStore(options: SyncedCountsOptions) {
     private async sync(): Promise<void> {
       this.timer = null;
       const now = Date.now();
+      if (now < this.retryAt) {
+        // Requests asked for a sync sooner; Redis failed: no more than once a second.
+        this.schedule(this.retryAt - now);
+        return;
+      }
       if (now >= this.nextSweep) {
         // Clients not seen for a window are forgotten, so that the map holds only recent ones.
         this.nextSweep = now + SWEEP_MS;
         for (const [key, counter] of this.counters) {
-          if (now >= counter.resetAt && counter.pending === 0 && counter.sending === 0) {
+          if (
+            now >= counter.resetAt &&
+            counter.pending === 0 &&
+            counter.sending === 0 &&
+            !counter.inFlight
+          ) {
             this.counters.delete(key);
           }
         }
@@ -132,19 +175,25 @@ export function syncedRedisStore(options: SyncedCountsOptions) {
           continue;
         }
         // One send at a time per counter: the others' counts come back with it.
-        if (counter.sending > 0) {
+        if (counter.inFlight) {
           continue;
         }
         this.dirty.delete(key);
-        counter.sending = counter.pending;
-        counter.pending = 0;
+        if (counter.sending === 0) {
+          // A new batch; a batch that failed goes again as it was (it may have been applied).
+          counter.sending = counter.pending;
+          counter.pending = 0;
+          counter.batch = ++batches;
+        }
         sends.push(this.send(key, counter));
       }
       const failed = (await Promise.all(sends)).some((sent) => !sent);
-      // Counted while the sends were out, or sends to retry: the next sync is due; while Redis
-      // fails, no more than once a second.
+      if (failed) {
+        this.retryAt = Date.now() + Math.max(options.syncMs, RETRY_MS);
+      }
+      // Counted while the sends were out, or sends to retry: the next sync is due.
       if (this.dirty.size > 0) {
-        this.schedule(failed ? Math.max(options.syncMs, RETRY_MS) : options.syncMs);
+        this.schedule(Math.max(options.syncMs, this.retryAt - Date.now()));
       }
     }
 
@@ -153,32 +202,44 @@ export function syncedRedisStore(options: SyncedCountsOptions) {
       this.timer ??= setTimeout(() => void this.sync(), delay).unref();
     }
 
-    /** Adds the counter's count to Redis's; false if Redis did not answer. */
+    /** Adds the counter's batch to Redis's count; false if Redis did not answer. */
     private async send(key: string, counter: Counter): Promise<boolean> {
+      counter.inFlight = true;
       try {
-        const [count, ttl] = await sync(this.prefix + key, counter.sending, counter.windowMs);
+        const [count, ttl] = await sync(
+          this.prefix + key,
+          `${this.prefix}${key}:batches`,
+          counter.sending,
+          counter.windowMs,
+          processId,
+          counter.batch,
+        );
         counter.shared = count;
         // The window is the one in Redis: another process may have started it.
         counter.resetAt = Date.now() + ttl;
         counter.sending = 0;
+        if (counter.pending > 0) {
+          // Counted while a batch was being sent again: the next batch.
+          this.dirty.add(key);
+        }
         return true;
       } catch {
-        // Sent again with the next sync, so that Redis gets them once it answers (a script that
-        // timed out after running counts them twice: the strict side). Meanwhile they count here.
-        counter.pending += counter.sending;
-        counter.sending = 0;
+        // The same batch goes again with a later sync, so that Redis gets it once it answers, and
+        // once only if this try ran there after all. Meanwhile it counts here.
         this.dirty.add(key);
         return false;
+      } finally {
+        counter.inFlight = false;
       }
     }
   };
 }
 
 function defineSync(redis: Redis): SyncCommand {
-  const name = "identityRateLimitSync";
+  const name = "identityRateLimitSyncOnce";
   const commands = redis as unknown as Record<string, SyncCommand | undefined>;
   if (commands[name] === undefined) {
-    redis.defineCommand(name, { numberOfKeys: 1, lua: SYNC });
+    redis.defineCommand(name, { numberOfKeys: 2, lua: SYNC });
   }
   const command = commands[name];
   if (command === undefined) {

@@ -243,10 +243,15 @@ describe("hostile traffic", () => {
       const redis = new Redis(url);
       const failing = { on: false };
       // The store's sync script fails while `failing.on` is set, as when Redis is unreachable.
+      let refused = 0;
       const send = redis.sendCommand.bind(redis);
       redis.sendCommand = (command: Command, ...rest: unknown[]) => {
         if (failing.on && command.name.startsWith("eval")) {
-          command.reject(new Error("Redis unreachable (test)"));
+          // Refused after a while, as a command that times out: requests come in meanwhile.
+          refused++;
+          setTimeout(() => {
+            command.reject(new Error("Command timed out (test)"));
+          }, 80);
           return command.promise;
         }
         return (send as (...a: unknown[]) => unknown)(command, ...rest);
@@ -262,13 +267,63 @@ describe("hostile traffic", () => {
         for (let i = 0; i < 3; i++) {
           assert.equal((await postIdentify(running.url, body)).status, 200);
         }
-        await sleep(200);
+        // Requests keep coming for a second: each asks for a sync, but while Redis fails the store
+        // tries at most once a second (the first try, then one more at most).
+        const started = Date.now();
+        let more = 0;
+        while (Date.now() - started < 1000) {
+          assert.equal((await postIdentify(running.url, body)).status, 200);
+          more++;
+          await sleep(50);
+        }
+        assert.ok(refused <= 2, `${refused} tries in a second`);
         failing.on = false;
-        // Retried at most once a second while Redis failed.
         await sleep(1300);
-        const keys = await redis.keys(`${prefix}*`);
+        const keys = (await redis.keys(`${prefix}*`)).filter((k) => !k.endsWith(":batches"));
         assert.equal(keys.length, 1, keys.join());
-        assert.equal(await redis.get(keys[0] ?? ""), "3");
+        assert.equal(await redis.get(keys[0] ?? ""), String(3 + more));
+      } finally {
+        await running.close();
+        await deleteKeys(url, prefix);
+        redis.disconnect();
+      }
+    },
+  );
+
+  it(
+    "adds a batch once when its send timed out after Redis ran it",
+    { skip: redisUrl === null },
+    async () => {
+      const url = redisUrl ?? "";
+      const prefix = uniquePrefix();
+      const redis = new Redis(url);
+      const late = { on: false };
+      // While `late.on` is set the sync script runs in Redis, but the store sees a timeout.
+      const send = redis.sendCommand.bind(redis);
+      redis.sendCommand = (command: Command, ...rest: unknown[]) => {
+        const sent = (send as (...a: unknown[]) => unknown)(command, ...rest);
+        if (late.on && command.name.startsWith("eval")) {
+          command.reject(new Error("Command timed out (test)"));
+        }
+        return sent;
+      };
+      const running = await startApp(suite.database, {
+        security: security({
+          rateLimit: { max: 100, windowMs: 60_000, redis, prefix, syncMs: 50 },
+        }),
+      });
+      try {
+        late.on = true;
+        const body = { email: "limit-late@hillvalley.edu" };
+        for (let i = 0; i < 3; i++) {
+          assert.equal((await postIdentify(running.url, body)).status, 200);
+        }
+        await sleep(200);
+        late.on = false;
+        await sleep(1300); // the batch is sent again, once Redis seems back
+        const keys = (await redis.keys(`${prefix}*`)).filter((k) => !k.endsWith(":batches"));
+        assert.equal(keys.length, 1, keys.join());
+        assert.equal(await redis.get(keys[0] ?? ""), "3", "not 6: the batch counted twice");
       } finally {
         await running.close();
         await deleteKeys(url, prefix);
