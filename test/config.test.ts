@@ -5,6 +5,7 @@ import { mkdtempSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { ConfigError, loadConfig } from "../src/config.js";
+import { describeTarget, parseDatabaseUrl } from "../src/storage/database.js";
 
 describe("loadConfig", () => {
   it("applies the documented defaults to an empty environment", () => {
@@ -150,6 +151,18 @@ describe("loadConfig", () => {
     // A path, a trailing slash or a missing scheme would never equal an Origin header.
     for (const value of ["https://shop.example.com/", "shop.example.com:443", "https://a.io/x"]) {
       assert.throws(() => loadConfig({ CORS_ORIGINS: value }), /CORS_ORIGINS: /, value);
+    }
+  });
+
+  it("masks a database password in the URL's user part and in its query", () => {
+    for (const url of [
+      "postgres://app:hunter2@db/identity?sslmode=require",
+      "postgres://app@db/identity?password=hunter2&sslmode=require",
+      "mysql://app@db/identity?Password=hunter2",
+    ]) {
+      const shown = describeTarget(parseDatabaseUrl(url));
+      assert.doesNotMatch(shown, /hunter2/, shown);
+      assert.match(shown, /\*\*\*/, shown);
     }
   });
 

@@ -111,6 +111,12 @@ export function describeTarget(target: DatabaseTarget): string {
   if (url.password !== "") {
     url.password = "***";
   }
+  // The drivers also read a password from the query (`?password=…`).
+  for (const name of [...url.searchParams.keys()]) {
+    if (name.toLowerCase() === "password") {
+      url.searchParams.set(name, "***");
+    }
+  }
   return url.toString();
 }
 
