@@ -10,6 +10,7 @@ import type { SecurityOptions } from "../../src/http/app.js";
 import { ApiKeys, hashApiKey } from "../../src/http/security.js";
 import { openDatabase } from "../../src/storage/database.js";
 import { startApp } from "../support/app.js";
+import type { RunningApp } from "../support/app.js";
 import { allContacts, migratedDatabaseForSuite } from "../support/databases.js";
 import { deleteKeys, testRedisUrl, uniquePrefix } from "../support/redis.js";
 import { postIdentify } from "../support/server.js";
@@ -234,59 +235,75 @@ describe("hostile traffic", () => {
     },
   );
 
+  /**
+   * An app whose rate limit syncs (every 50 ms) through a Redis client whose eval commands (the
+   * sync script) go through `onSync` while `faulty.on` is set; then the window's count in Redis.
+   */
+  async function withFaultySync(
+    onSync: (command: Command, send: () => unknown) => unknown,
+    test: (app: RunningApp, faulty: { on: boolean }) => Promise<void>,
+  ): Promise<string | null> {
+    const url = redisUrl ?? "";
+    const prefix = uniquePrefix();
+    const redis = new Redis(url);
+    const faulty = { on: false };
+    const send = redis.sendCommand.bind(redis) as (...a: unknown[]) => unknown;
+    redis.sendCommand = (command: Command, ...rest: unknown[]) =>
+      faulty.on && command.name.startsWith("eval")
+        ? onSync(command, () => send(command, ...rest))
+        : send(command, ...rest);
+    const running = await startApp(suite.database, {
+      security: security({
+        rateLimit: { max: 100, windowMs: 60_000, redis, prefix, syncMs: 50 },
+      }),
+    });
+    try {
+      await test(running, faulty);
+      const keys = (await redis.keys(`${prefix}*`)).filter((k) => !k.endsWith(":batches"));
+      assert.equal(keys.length, 1, keys.join());
+      return await redis.get(keys[0] ?? "");
+    } finally {
+      await running.close();
+      await deleteKeys(url, prefix);
+      redis.disconnect();
+    }
+  }
+
   it(
     "adds the counts made while Redis failed once it answers again",
     { skip: redisUrl === null },
     async () => {
-      const url = redisUrl ?? "";
-      const prefix = uniquePrefix();
-      const redis = new Redis(url);
-      const failing = { on: false };
-      // The store's sync script fails while `failing.on` is set, as when Redis is unreachable.
       let refused = 0;
-      const send = redis.sendCommand.bind(redis);
-      redis.sendCommand = (command: Command, ...rest: unknown[]) => {
-        if (failing.on && command.name.startsWith("eval")) {
+      let more = 0;
+      const counted = await withFaultySync(
+        (command) => {
           // Refused after a while, as a command that times out: requests come in meanwhile.
           refused++;
           setTimeout(() => {
             command.reject(new Error("Command timed out (test)"));
           }, 80);
           return command.promise;
-        }
-        return (send as (...a: unknown[]) => unknown)(command, ...rest);
-      };
-      const running = await startApp(suite.database, {
-        security: security({
-          rateLimit: { max: 100, windowMs: 60_000, redis, prefix, syncMs: 50 },
-        }),
-      });
-      try {
-        failing.on = true;
-        const body = { email: "limit-outage@hillvalley.edu" };
-        for (let i = 0; i < 3; i++) {
-          assert.equal((await postIdentify(running.url, body)).status, 200);
-        }
-        // Requests keep coming for a second: each asks for a sync, but while Redis fails the store
-        // tries at most once a second (the first try, then one more at most).
-        const started = Date.now();
-        let more = 0;
-        while (Date.now() - started < 1000) {
-          assert.equal((await postIdentify(running.url, body)).status, 200);
-          more++;
-          await sleep(50);
-        }
-        assert.ok(refused <= 2, `${refused} tries in a second`);
-        failing.on = false;
-        await sleep(1300);
-        const keys = (await redis.keys(`${prefix}*`)).filter((k) => !k.endsWith(":batches"));
-        assert.equal(keys.length, 1, keys.join());
-        assert.equal(await redis.get(keys[0] ?? ""), String(3 + more));
-      } finally {
-        await running.close();
-        await deleteKeys(url, prefix);
-        redis.disconnect();
-      }
+        },
+        async (running, failing) => {
+          failing.on = true;
+          const body = { email: "limit-outage@hillvalley.edu" };
+          for (let i = 0; i < 3; i++) {
+            assert.equal((await postIdentify(running.url, body)).status, 200);
+          }
+          // Requests keep coming for a second: each asks for a sync, but while Redis fails the
+          // store tries at most once a second (the first try, then one more at most).
+          const started = Date.now();
+          while (Date.now() - started < 1000) {
+            assert.equal((await postIdentify(running.url, body)).status, 200);
+            more++;
+            await sleep(50);
+          }
+          assert.ok(refused <= 2, `${refused} tries in a second`);
+          failing.on = false;
+          await sleep(1300);
+        },
+      );
+      assert.equal(counted, String(3 + more));
     },
   );
 
@@ -294,41 +311,25 @@ describe("hostile traffic", () => {
     "adds a batch once when its send timed out after Redis ran it",
     { skip: redisUrl === null },
     async () => {
-      const url = redisUrl ?? "";
-      const prefix = uniquePrefix();
-      const redis = new Redis(url);
-      const late = { on: false };
-      // While `late.on` is set the sync script runs in Redis, but the store sees a timeout.
-      const send = redis.sendCommand.bind(redis);
-      redis.sendCommand = (command: Command, ...rest: unknown[]) => {
-        const sent = (send as (...a: unknown[]) => unknown)(command, ...rest);
-        if (late.on && command.name.startsWith("eval")) {
+      const counted = await withFaultySync(
+        (command, send) => {
+          // The sync script runs in Redis, but the store sees a timeout.
+          const sent = send();
           command.reject(new Error("Command timed out (test)"));
-        }
-        return sent;
-      };
-      const running = await startApp(suite.database, {
-        security: security({
-          rateLimit: { max: 100, windowMs: 60_000, redis, prefix, syncMs: 50 },
-        }),
-      });
-      try {
-        late.on = true;
-        const body = { email: "limit-late@hillvalley.edu" };
-        for (let i = 0; i < 3; i++) {
-          assert.equal((await postIdentify(running.url, body)).status, 200);
-        }
-        await sleep(200);
-        late.on = false;
-        await sleep(1300); // the batch is sent again, once Redis seems back
-        const keys = (await redis.keys(`${prefix}*`)).filter((k) => !k.endsWith(":batches"));
-        assert.equal(keys.length, 1, keys.join());
-        assert.equal(await redis.get(keys[0] ?? ""), "3", "not 6: the batch counted twice");
-      } finally {
-        await running.close();
-        await deleteKeys(url, prefix);
-        redis.disconnect();
-      }
+          return sent;
+        },
+        async (running, late) => {
+          late.on = true;
+          const body = { email: "limit-late@hillvalley.edu" };
+          for (let i = 0; i < 3; i++) {
+            assert.equal((await postIdentify(running.url, body)).status, 200);
+          }
+          await sleep(200);
+          late.on = false;
+          await sleep(1300); // the batch is sent again, once Redis seems back
+        },
+      );
+      assert.equal(counted, "3", "not 6: the batch counted twice");
     },
   );
 
