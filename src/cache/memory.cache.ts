@@ -96,11 +96,16 @@ export class MemoryCustomerCache implements CustomerCache {
       const demoted = customerDigest(id);
       const entry = this.entries.get(`c:${demoted}`);
       if (entry !== undefined && "customer" in entry) {
-        this.entries.set(`c:${demoted}`, { demoted: true });
-        this.tokens.set(`g:${demoted}`, randomUUID(), { ttl: this.ttlMs * 2 });
+        this.tombstone(demoted);
         this.counters.repairs++;
       }
     }
+  }
+
+  /** A merged-away primary's entry: a tombstone, with a new generation. */
+  private tombstone(digest: string): void {
+    this.entries.set(`c:${digest}`, { demoted: true });
+    this.tokens.set(`g:${digest}`, randomUUID(), { ttl: this.ttlMs * 2 });
   }
 
   publish(
@@ -112,9 +117,7 @@ export class MemoryCustomerCache implements CustomerCache {
     this.tokens.set(`g:${digest}`, randomUUID(), { ttl: this.ttlMs * 2 });
     this.store(digest, customer);
     for (const id of demotedPrimaryIds) {
-      const demoted = customerDigest(id);
-      this.entries.set(`c:${demoted}`, { demoted: true });
-      this.tokens.set(`g:${demoted}`, randomUUID(), { ttl: this.ttlMs * 2 });
+      this.tombstone(customerDigest(id));
     }
     this.index(request, digest);
     this.counters.publications += 1 + demotedPrimaryIds.length;

@@ -251,7 +251,8 @@ export class RedisCustomerCache implements CustomerCache {
     }
     const runId = /^run_id:([0-9a-f]{12})/m.exec(info)?.[1];
     const replicationId = /^master_replid:([0-9a-f]{12})/m.exec(info)?.[1];
-    if (runId === undefined || replicationId === undefined) {
+    const ids = runId === undefined || replicationId === undefined ? null : runId + replicationId;
+    if (ids === null) {
       this.events.onWarning?.(
         "Redis reports no run_id or master_replid: cache keys use the bare prefix, so this Redis must not restore them from a snapshot or fail over",
       );
@@ -259,10 +260,7 @@ export class RedisCustomerCache implements CustomerCache {
     if (this.redis.status !== "ready") {
       return;
     }
-    this.namespace =
-      runId === undefined || replicationId === undefined
-        ? this.options.prefix
-        : `${this.options.prefix}${runId}${replicationId}:`;
+    this.namespace = ids === null ? this.options.prefix : `${this.options.prefix}${ids}:`;
     this.namespaceLearned.emit("learned");
     this.markAvailable();
     await this.flushPending();
@@ -303,10 +301,10 @@ export class RedisCustomerCache implements CustomerCache {
     return [first, keys[1] ?? first];
   }
 
-  /** Each secondary's customer key and generation key, in pairs. */
-  private secondaryKeys(ns: string, customer: Customer): string[] {
+  /** Each primary id's customer key and generation key, in pairs (the scripts' key pairs). */
+  private keyPairs(ns: string, ids: readonly number[]): string[] {
     const keys: string[] = [];
-    for (const id of customer.secondaryContactIds) {
+    for (const id of ids) {
       const digest = customerDigest(id);
       keys.push(this.key(ns, digest), this.generationKey(ns, digest));
     }
@@ -368,7 +366,7 @@ export class RedisCustomerCache implements CustomerCache {
         this.key(ns, digest),
         this.generationKey(ns, digest),
         ...this.indexKeys(ns, request),
-        ...this.secondaryKeys(ns, customer),
+        ...this.keyPairs(ns, customer.secondaryContactIds),
       ];
       const [stored, repairs] = await this.scripted.identityFill(
         keys.length,
@@ -403,7 +401,7 @@ export class RedisCustomerCache implements CustomerCache {
       const keys = [
         ...this.indexKeys(ns, request),
         this.key(ns, digest),
-        ...this.secondaryKeys(ns, customer),
+        ...this.keyPairs(ns, customer.secondaryContactIds),
       ];
       this.counters.repairs += await this.scripted.identityHint(
         keys.length,
@@ -430,15 +428,15 @@ export class RedisCustomerCache implements CustomerCache {
     const version = versionOf(customer);
     const digest = customerDigest(primaryId);
     const ns = this.namespace;
-    const keys: string[] = [];
-    if (ns !== null) {
-      const [index1, index2] = this.indexKeys(ns, request);
-      keys.push(this.key(ns, digest), this.generationKey(ns, digest), index1, index2);
-      for (const id of demotedPrimaryIds) {
-        const demoted = customerDigest(id);
-        keys.push(this.key(ns, demoted), this.generationKey(ns, demoted));
-      }
-    }
+    const keys =
+      ns === null
+        ? []
+        : [
+            this.key(ns, digest),
+            this.generationKey(ns, digest),
+            ...this.indexKeys(ns, request),
+            ...this.keyPairs(ns, demotedPrimaryIds),
+          ];
     // A publication is what keeps other instances from answering the old state: try twice
     // before answering without it (not at all while no Redis is known: owed at once).
     let failure: unknown = new Error("not connected to Redis");

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { SqlContactStore } from "../../src/storage/contact.store.js";
-import { openDatabase } from "../../src/storage/database.js";
+import { openDatabase, parseDatabaseUrl } from "../../src/storage/database.js";
 import { DatabaseError } from "../../src/storage/errors.js";
 
 describe("SqlContactStore write transactions", () => {
@@ -9,12 +9,9 @@ describe("SqlContactStore write transactions", () => {
   // a pool timeout): that is a database failure like any other (the masked 500 of the database),
   // not an unknown error.
   for (const url of ["postgres://root@127.0.0.1:1/nowhere", "mysql://root@127.0.0.1:1/nowhere"]) {
-    const dialect = url.startsWith("mysql") ? "mysql" : "postgres";
-    it(`rejects with a DatabaseError when no connection can be had (${dialect})`, async () => {
-      const database = openDatabase(
-        dialect === "mysql" ? { dialect: "mysql", url } : { dialect: "postgres", url },
-        { poolSize: 1, lockTimeoutMs: 1000 },
-      );
+    const target = parseDatabaseUrl(url);
+    it(`rejects with a DatabaseError when no connection can be had (${target.dialect})`, async () => {
+      const database = openDatabase(target, { poolSize: 1, lockTimeoutMs: 1000 });
       let worked = false;
       try {
         const store = new SqlContactStore(database, {
