@@ -1,9 +1,11 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { sql } from "kysely";
 import { SqlContactStore } from "../../src/storage/contact.store.js";
 import { openDatabase } from "../../src/storage/database.js";
 import type { Database } from "../../src/storage/database.js";
 import { migrateToLatest } from "../../src/storage/migrate.js";
+import { createContact } from "../../src/storage/migrations/0001-create-contact.js";
 import { createTestDatabase, dialectsUnderTest } from "../support/databases.js";
 import { runMigrate } from "../support/server.js";
 import type { TestDatabase } from "../support/databases.js";
@@ -135,6 +137,73 @@ for (const dialect of dialectsUnderTest()) {
           })
           .execute(),
       );
+    });
+  });
+}
+
+if (dialectsUnderTest().includes("mysql")) {
+  describe("the MySQL/MariaDB migration after an interrupted run (each DDL statement commits alone)", () => {
+    let test: TestDatabase;
+    let database: Database;
+
+    before(async () => {
+      test = await createTestDatabase("mysql");
+      database = openDatabase(test.target, { poolSize: 2, lockTimeoutMs: 5000 });
+    });
+
+    after(async () => {
+      await database.destroy();
+      await test.drop();
+    });
+
+    async function schemaObjects(): Promise<string[]> {
+      const result = await sql<{ name: string }>`
+        select index_name as name from information_schema.statistics
+        where table_schema = database() and table_name = 'Contact'
+        union
+        select constraint_name as name from information_schema.table_constraints
+        where constraint_schema = database() and table_name = 'Contact'`.execute(database.db);
+      return result.rows.map((row) => row.name).sort();
+    }
+
+    it("finishes what the interrupted run left undone, once", async () => {
+      // The state a crash after CREATE TABLE and the first index leaves: no migration recorded.
+      await createContact("mysql").up(database.db);
+      const complete = await schemaObjects();
+      await sql`alter table Contact drop foreign key Contact_linkedId_fk`.execute(database.db);
+      await sql`drop index Contact_linkedId_idx on Contact`.execute(database.db);
+      await sql`drop index Contact_phoneNumber_idx on Contact`.execute(database.db);
+      assert.deepEqual(await schemaObjects(), [
+        "Contact_email_idx",
+        "Contact_link_check",
+        "PRIMARY",
+      ]);
+
+      assert.deepEqual(await migrateToLatest(database), ["0001-create-contact"]);
+      assert.deepEqual(await schemaObjects(), complete);
+      assert.deepEqual(complete, [
+        "Contact_email_idx",
+        "Contact_link_check",
+        "Contact_linkedId_fk",
+        "Contact_linkedId_idx",
+        "Contact_phoneNumber_idx",
+        "PRIMARY",
+      ]);
+      assert.deepEqual(await migrateToLatest(database), []);
+    });
+
+    it("refuses to adopt a Contact table it did not create", async () => {
+      const other = await createTestDatabase("mysql");
+      const foreign = openDatabase(other.target, { poolSize: 1, lockTimeoutMs: 5000 });
+      try {
+        await sql`create table Contact (id integer primary key, email varchar(10))`.execute(
+          foreign.db,
+        );
+        await assert.rejects(migrateToLatest(foreign), /did not create/);
+      } finally {
+        await foreign.destroy();
+        await other.drop();
+      }
     });
   });
 }

@@ -1,5 +1,5 @@
 import { sql } from "kysely";
-import type { Kysely, Migration } from "kysely";
+import type { Kysely, Migration, RawBuilder } from "kysely";
 
 type Dialect = "sqlite" | "mysql" | "postgres";
 
@@ -51,6 +51,69 @@ async function createTable(
   const timestampType =
     dialect === "sqlite" ? sql`text` : dialect === "mysql" ? sql`datetime(3)` : sql`timestamptz(3)`;
 
+  // MySQL/MariaDB commit each DDL statement on its own: a run that stopped half-way (a crash, a
+  // lost connection) leaves the table, and maybe some indexes, without the migration recorded.
+  // The next run then does only the steps that are missing. Elsewhere the migration is one
+  // transaction and every step runs.
+  const done =
+    dialect === "mysql" ? await existingParts(db) : { table: false, objects: new Set<string>() };
+  if (!done.table) {
+    await createContactTable(db, dialect, identifierType, timestampType);
+  }
+  for (const [name, column] of [
+    ["Contact_email_idx", "email"],
+    ["Contact_phoneNumber_idx", "phoneNumber"],
+    ["Contact_linkedId_idx", "linkedId"],
+  ] as const) {
+    if (!done.objects.has(name)) {
+      await db.schema.createIndex(name).on("Contact").column(column).execute();
+    }
+  }
+  if (dialect !== "sqlite" && !done.objects.has("Contact_linkedId_fk")) {
+    // Added after the index so that MySQL uses it instead of creating one of its own.
+    await db.schema
+      .alterTable("Contact")
+      .addForeignKeyConstraint("Contact_linkedId_fk", ["linkedId"], "Contact", ["id"])
+      .execute();
+  }
+}
+
+/**
+ * MySQL/MariaDB: whether an earlier, interrupted run created the table (recognized by its check
+ * constraint, made in the same statement), and the indexes and constraints it has. A Contact
+ * table without that constraint was not made by this service: the migration refuses to adopt it.
+ */
+async function existingParts(
+  db: Kysely<unknown>,
+): Promise<{ table: boolean; objects: Set<string> }> {
+  const tables = await sql<{ name: string }>`
+    select table_name as name from information_schema.tables
+    where table_schema = database() and table_name = ${"Contact"}`.execute(db);
+  if (tables.rows.length === 0) {
+    return { table: false, objects: new Set() };
+  }
+  const objects = await sql<{ name: string }>`
+    select index_name as name from information_schema.statistics
+    where table_schema = database() and table_name = ${"Contact"}
+    union
+    select constraint_name as name from information_schema.table_constraints
+    where constraint_schema = database() and table_name = ${"Contact"}`.execute(db);
+  const names = new Set(objects.rows.map((row) => row.name));
+  if (!names.has("Contact_link_check")) {
+    throw new Error(
+      "a Contact table exists that this service did not create (it lacks Contact_link_check); " +
+        "use another database, or drop or rename that table",
+    );
+  }
+  return { table: true, objects: names };
+}
+
+async function createContactTable(
+  db: Kysely<unknown>,
+  dialect: Dialect,
+  identifierType: (length: number) => RawBuilder<unknown>,
+  timestampType: RawBuilder<unknown>,
+): Promise<void> {
   await db.schema
     .createTable("Contact")
     .addColumn("id", dialect === "postgres" ? "serial" : "integer", (col) =>
@@ -71,18 +134,4 @@ async function createTable(
     )
     .modifyEnd(dialect === "mysql" ? sql`engine = InnoDB` : sql``)
     .execute();
-  await db.schema.createIndex("Contact_email_idx").on("Contact").column("email").execute();
-  await db.schema
-    .createIndex("Contact_phoneNumber_idx")
-    .on("Contact")
-    .column("phoneNumber")
-    .execute();
-  await db.schema.createIndex("Contact_linkedId_idx").on("Contact").column("linkedId").execute();
-  if (dialect !== "sqlite") {
-    // Added after the index so that MySQL uses it instead of creating one of its own.
-    await db.schema
-      .alterTable("Contact")
-      .addForeignKeyConstraint("Contact_linkedId_fk", ["linkedId"], "Contact", ["id"])
-      .execute();
-  }
 }
