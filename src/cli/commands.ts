@@ -4,7 +4,7 @@ import { parseArgs } from "node:util";
 import type { ParseArgsConfig } from "node:util";
 import { ConfigError, loadConfig } from "../config.js";
 import type { Config } from "../config.js";
-import type { IdentifyRequest } from "../domain/contact.js";
+import type { Contact, IdentifyRequest } from "../domain/contact.js";
 import { InvalidInputError } from "../domain/errors.js";
 import { normalizeEmail, normalizePhoneNumber } from "../domain/identify-input.js";
 import { consolidate, planIdentify } from "../domain/reconcile.js";
@@ -12,6 +12,7 @@ import { SqlContactStore } from "../storage/contact.store.js";
 import { openDatabase } from "../storage/database.js";
 import type { Database } from "../storage/database.js";
 import { migrateToLatest, pendingMigrations } from "../storage/migrate.js";
+import { readMergeHistory } from "../storage/merge-log.repository.js";
 import { readContactStats } from "../storage/stats.repository.js";
 
 export const EXIT_OK = 0;
@@ -39,13 +40,16 @@ Commands:
   migrate               Bring the database schema up to date.
   lookup --email EMAIL  Print the customer that has this email, as JSON. Reads only.
   lookup --phone PHONE  Print the customer that has this phone number, as JSON. Reads only.
+  merges --email EMAIL  Print why that customer is one: every merge that went into it, oldest
+  merges --phone PHONE  first, with the email and phone of the request that bridged the two
+                        customers, as JSON. Reads only.
   stats                 Print the numbers of live contacts and customers and the largest
                         customer, as JSON. Reads only.
   help                  Print this help.
 
 Options:
-  --email EMAIL         lookup: the email, normalized as POST /identify does.
-  --phone PHONE         lookup: the phone number, normalized as POST /identify does.
+  --email EMAIL         lookup, merges: the email, normalized as POST /identify does.
+  --phone PHONE         lookup, merges: the phone number, normalized as POST /identify does.
   -h, --help            Print this help.
 
 Configuration comes from the environment, as for the server: DATABASE_URL (default
@@ -178,49 +182,83 @@ export function runMigrate(ctx: CliContext): Promise<number> {
   });
 }
 
-function single(values: string[] | undefined, option: string): string | undefined {
+type IdentifierCommand = "lookup" | "merges";
+
+function single(
+  command: IdentifierCommand,
+  values: string[] | undefined,
+  option: string,
+): string | undefined {
   if (values !== undefined && values.length > 1) {
-    throw new UsageError(`lookup: ${option} is given more than once`);
+    throw new UsageError(`${command}: ${option} is given more than once`);
   }
   return values?.[0];
 }
 
-function normalized(option: string, value: string, normalize: (v: string) => string | null) {
+function normalized(
+  command: IdentifierCommand,
+  option: string,
+  value: string,
+  normalize: (v: string) => string | null,
+) {
   let result: string | null;
   try {
     result = normalize(value);
   } catch (error) {
     if (error instanceof InvalidInputError) {
-      throw new UsageError(`lookup: invalid ${option}: ${error.reason}`);
+      throw new UsageError(`${command}: invalid ${option}: ${error.reason}`);
     }
     throw error;
   }
   if (result === null) {
-    throw new UsageError(`lookup: ${option} needs a value`);
+    throw new UsageError(`${command}: ${option} needs a value`);
   }
   return result;
 }
 
-function lookupRequest(args: readonly string[]): IdentifyRequest | "help" {
-  const values = parseOptions("lookup", args, {
+/** The one identifier (`--email` or `--phone`) a lookup or merges command line names. */
+function identifierRequest(
+  command: IdentifierCommand,
+  args: readonly string[],
+): IdentifyRequest | "help" {
+  const values = parseOptions(command, args, {
     email: { type: "string", multiple: true },
     phone: { type: "string", multiple: true },
   });
   if (values.help === true) {
     return "help";
   }
-  const email = single(values.email, "--email");
-  const phone = single(values.phone, "--phone");
+  const email = single(command, values.email, "--email");
+  const phone = single(command, values.phone, "--phone");
   if (email !== undefined && phone !== undefined) {
-    throw new UsageError("lookup takes --email or --phone, not both");
+    throw new UsageError(`${command} takes --email or --phone, not both`);
   }
   if (email !== undefined) {
-    return { email: normalized("--email", email, normalizeEmail), phoneNumber: null };
+    return { email: normalized(command, "--email", email, normalizeEmail), phoneNumber: null };
   }
   if (phone !== undefined) {
-    return { email: null, phoneNumber: normalized("--phone", phone, normalizePhoneNumber) };
+    return {
+      email: null,
+      phoneNumber: normalized(command, "--phone", phone, normalizePhoneNumber),
+    };
   }
-  throw new UsageError("lookup needs --email EMAIL or --phone PHONE");
+  throw new UsageError(`${command} needs --email EMAIL or --phone PHONE`);
+}
+
+/** The customer of the request's one identifier: its primary id and live rows, or null. */
+async function customerOf(
+  db: Database,
+  request: IdentifyRequest,
+): Promise<{ primaryId: number; members: readonly Contact[] } | null> {
+  const rows = await new SqlContactStore(db).findCustomers(request);
+  // The plan of the request is what the service answers with; only its members are used here.
+  const plan = planIdentify(request, rows, Date.now());
+  return plan.winnerId === null ? null : { primaryId: plan.winnerId, members: plan.members };
+}
+
+function notFound(ctx: CliContext, request: IdentifyRequest): number {
+  ctx.stderr.write(`no customer has that ${request.email !== null ? "email" : "phone number"}\n`);
+  return EXIT_FAILURE;
 }
 
 /**
@@ -229,22 +267,47 @@ function lookupRequest(args: readonly string[]): IdentifyRequest | "help" {
  */
 export function runLookup(args: readonly string[], ctx: CliContext): Promise<number> {
   return guarded(ctx, async () => {
-    const request = lookupRequest(args);
+    const request = identifierRequest("lookup", args);
     if (request === "help") {
       ctx.stdout.write(USAGE);
       return EXIT_OK;
     }
     const opened = openExisting(loadConfig(ctx.env));
-    const rows = await reading(opened, (db) => new SqlContactStore(db).findCustomers(request));
-    // The plan of the request is what the service answers with; only its members are used here.
-    const plan = planIdentify(request, rows, Date.now());
-    if (plan.winnerId === null) {
-      ctx.stderr.write(
-        `no customer has that ${request.email !== null ? "email" : "phone number"}\n`,
-      );
-      return EXIT_FAILURE;
+    const customer = await reading(opened, (db) => customerOf(db, request));
+    if (customer === null) {
+      return notFound(ctx, request);
     }
-    ctx.stdout.write(`${JSON.stringify(consolidate(plan.winnerId, plan.members))}\n`);
+    ctx.stdout.write(`${JSON.stringify(consolidate(customer.primaryId, customer.members))}\n`);
+    return EXIT_OK;
+  });
+}
+
+/**
+ * `identity merges --email X | --phone Y`: why the customer of that identifier is one customer:
+ * every merge that went into it, oldest first, with the identifiers of the request that bridged
+ * each, as one line of JSON. Reads only.
+ */
+export function runMerges(args: readonly string[], ctx: CliContext): Promise<number> {
+  return guarded(ctx, async () => {
+    const request = identifierRequest("merges", args);
+    if (request === "help") {
+      ctx.stdout.write(USAGE);
+      return EXIT_OK;
+    }
+    const opened = openExisting(loadConfig(ctx.env));
+    const found = await reading(opened, async (db) => {
+      const customer = await customerOf(db, request);
+      return customer === null
+        ? null
+        : {
+            primaryContactId: customer.primaryId,
+            merges: await readMergeHistory(db.db, customer.primaryId),
+          };
+    });
+    if (found === null) {
+      return notFound(ctx, request);
+    }
+    ctx.stdout.write(`${JSON.stringify(found)}\n`);
     return EXIT_OK;
   });
 }
@@ -295,6 +358,8 @@ export function runCli(
       });
     case "lookup":
       return runLookup(args, ctx);
+    case "merges":
+      return runMerges(args, ctx);
     case "stats":
       return runStats(args, ctx);
     default:

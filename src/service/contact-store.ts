@@ -18,8 +18,11 @@ export interface ContactTransaction extends ContactReader {
    * secondary, a demotion, a relink) happens under the lock of its primary.
    */
   lockCustomer(primaryId: number): Promise<void>;
-  /** Writes the plan; returns the inserted row, if the plan inserts one. */
-  apply(plan: ReconcilePlan, now: number): Promise<Contact | null>;
+  /**
+   * Writes the plan of `request` (a merge is logged with the request's identifiers); returns the
+   * inserted row, if the plan inserts one.
+   */
+  apply(plan: ReconcilePlan, now: number, request: IdentifyRequest): Promise<Contact | null>;
 }
 
 /** The Contact table. Implementations must hold across processes, not only within one. */

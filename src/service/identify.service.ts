@@ -90,7 +90,7 @@ export class IdentifyService {
 
         const now = this.clock();
         const plan = planIdentify(request, rows, now);
-        const inserted = await tx.apply(plan, now);
+        const inserted = await tx.apply(plan, now, request);
         const primaryId = plan.winnerId ?? inserted?.id;
         if (primaryId === undefined) {
           throw new Error("unreachable: a plan without a winner inserts a primary");

@@ -94,6 +94,9 @@ interface Statements {
   readonly lockCustomer: FixedStatement<[id: number]>;
   readonly promote: FixedStatement<[id: number, updatedAt: Time]>;
   readonly relink: FixedStatement<[winnerId: number, group: number, updatedAt: Time]>;
+  readonly logMerge: FixedStatement<
+    [winnerId: number, mergedId: number, email: string | null, phoneNumber: string | null, at: Time]
+  >;
   readonly insert: FixedStatement<
     [
       email: string | null,
@@ -189,7 +192,21 @@ function compileStatements(db: Kysely<DB>, dialect: DialectName, lockTimeout: nu
           db,
         ),
   );
-  return { findCustomers, lockCustomer, promote, relink, insert, lockIdentifiers };
+  const logMerge = FixedStatement.compile(
+    5,
+    (
+      winnerId: number,
+      mergedId: number,
+      email: string | null,
+      phoneNumber: string | null,
+      createdAt: Time,
+    ) =>
+      db
+        .insertInto("ContactMerge")
+        .values({ winnerId, mergedId, email, phoneNumber, createdAt })
+        .compile(),
+  );
+  return { findCustomers, lockCustomer, promote, relink, logMerge, insert, lockIdentifiers };
 }
 
 /** Runs one compiled statement: on a Kysely connection, or on the SQLite session directly. */
@@ -238,9 +255,9 @@ class SqlContactTransaction implements ContactTransaction {
     }
   }
 
-  async apply(plan: ReconcilePlan, now: number): Promise<Contact | null> {
+  async apply(plan: ReconcilePlan, now: number, request: IdentifyRequest): Promise<Contact | null> {
     try {
-      return await this.write(plan, now);
+      return await this.write(plan, now, request);
     } catch (error) {
       throw asDatabaseError(error, "writing a plan");
     }
@@ -250,7 +267,11 @@ class SqlContactTransaction implements ContactTransaction {
     return this.dialect === "sqlite" ? new Date(ms).toISOString() : new Date(ms);
   }
 
-  private async write(plan: ReconcilePlan, now: number): Promise<Contact | null> {
+  private async write(
+    plan: ReconcilePlan,
+    now: number,
+    request: IdentifyRequest,
+  ): Promise<Contact | null> {
     const { winnerId } = plan;
     const updatedAt = this.time(now);
     if (winnerId !== null && plan.promoteWinner) {
@@ -259,6 +280,15 @@ class SqlContactTransaction implements ContactTransaction {
     if (winnerId !== null) {
       for (const group of plan.relinkGroups) {
         await this.execute(this.statements.relink.bind([winnerId, group, updatedAt]));
+        await this.execute(
+          this.statements.logMerge.bind([
+            winnerId,
+            group,
+            request.email,
+            request.phoneNumber,
+            updatedAt,
+          ]),
+        );
       }
     }
     const { insert } = plan;

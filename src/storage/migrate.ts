@@ -3,11 +3,13 @@ import type { Migration } from "kysely";
 import type { Database } from "./database.js";
 import { DatabaseError } from "./errors.js";
 import { createContact } from "./migrations/0001-create-contact.js";
+import { createContactMerge } from "./migrations/0002-create-contact-merge.js";
 
 /** Every migration, in order. Names are frozen once released. */
 function migrations(dialect: Database["dialect"]): Record<string, Migration> {
   return {
     "0001-create-contact": createContact(dialect),
+    "0002-create-contact-merge": createContactMerge(dialect),
   };
 }
 

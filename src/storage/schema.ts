@@ -15,8 +15,20 @@ export interface ContactTable {
   deletedAt: ColumnType<Date | string | null, Date | string | null, Date | string | null>;
 }
 
+/** The merge log: a customer (`mergedId`, its primary then) moved under `winnerId`. */
+export interface ContactMergeTable {
+  id: Generated<number>;
+  winnerId: number;
+  mergedId: number;
+  /** The bridging request's identifiers, normalized. */
+  email: string | null;
+  phoneNumber: string | null;
+  createdAt: Timestamp;
+}
+
 export interface DB {
   Contact: ContactTable;
+  ContactMerge: ContactMergeTable;
 }
 
 export type ContactRow = Selectable<ContactTable>;

@@ -75,6 +75,8 @@ describe("the identity command line", () => {
       "migrate",
       "lookup --email",
       "lookup --phone",
+      "merges --email",
+      "merges --phone",
       "stats",
       "help",
     ]) {
@@ -305,14 +307,103 @@ for (const dialect of dialectsUnderTest()) {
           assertOneLineFailure(
             await identity(args, freshEnv),
             1,
-            /^DATABASE_URL: cannot read .*: the schema is not migrated \(pending: 0001-create-contact\); run identity migrate$/,
+            /^DATABASE_URL: cannot read .*: the schema is not migrated \(pending: 0001-create-contact, 0002-create-contact-merge\); run identity migrate$/,
           );
         }
-        assert.deepEqual(await pendingMigrations(unmigrated), ["0001-create-contact"]);
+        assert.deepEqual(await pendingMigrations(unmigrated), [
+          "0001-create-contact",
+          "0002-create-contact-merge",
+        ]);
       } finally {
         await unmigrated.destroy();
         await fresh.drop();
       }
+    });
+  });
+}
+
+for (const dialect of dialectsUnderTest()) {
+  describe(`identity merges on ${dialect}`, () => {
+    let test: TestDatabase;
+    let database: Database;
+    let env: Record<string, string>;
+    const ids: Record<"a" | "b" | "c" | "d", number> = { a: 0, b: 0, c: 0, d: 0 };
+
+    before(async () => {
+      test = await createTestDatabase(dialect);
+      database = await openMigrated(test);
+      env = { DATABASE_URL: test.url };
+      const service = new IdentifyService(new SqlContactStore(database), new NoCache());
+      const primary = async (email: string, phoneNumber: string) =>
+        (await service.identify({ email, phoneNumber })).customer.primaryContactId;
+      ids.a = await primary("a@hillvalley.edu", "111111");
+      ids.b = await primary("b@hillvalley.edu", "222222");
+      ids.c = await primary("c@hillvalley.edu", "333333");
+      ids.d = await primary("d@hillvalley.edu", "444444");
+      // C moves under B, then B (with C) under A; D is never merged.
+      const bc = await service.identify({ email: "b@hillvalley.edu", phoneNumber: "333333" });
+      assert.equal(bc.outcome, "merged");
+      const ab = await service.identify({ email: "a@hillvalley.edu", phoneNumber: "222222" });
+      assert.equal(ab.outcome, "merged");
+      assert.equal(ab.customer.primaryContactId, ids.a);
+    });
+
+    after(async () => {
+      await database.destroy();
+      await test.drop();
+    });
+
+    it("prints every merge that went into the customer, oldest first, with the bridging request's identifiers", async () => {
+      const [byMergedPhone, byWinnerEmail] = await Promise.all([
+        identity(["merges", "--phone", "333-333"], env),
+        identity(["merges", "--email", "A@hillvalley.edu"], env),
+      ]);
+      assert.equal(byMergedPhone.code, 0, byMergedPhone.stderr);
+      assert.equal(byMergedPhone.stderr, "");
+      assert.equal(byWinnerEmail.stdout, byMergedPhone.stdout);
+      assert.equal(byMergedPhone.stdout.split("\n").length, 2, "one line of JSON");
+      const found = JSON.parse(byMergedPhone.stdout) as {
+        primaryContactId: number;
+        merges: { at: string }[];
+      };
+      assert.equal(found.primaryContactId, ids.a);
+      assert.deepEqual(
+        found.merges.map((merge) => ({ ...merge, at: undefined })),
+        [
+          {
+            at: undefined,
+            winnerId: ids.b,
+            mergedId: ids.c,
+            email: "b@hillvalley.edu",
+            phoneNumber: "333333",
+          },
+          {
+            at: undefined,
+            winnerId: ids.a,
+            mergedId: ids.b,
+            email: "a@hillvalley.edu",
+            phoneNumber: "222222",
+          },
+        ],
+      );
+      for (const merge of found.merges) {
+        assert.ok(Math.abs(Date.parse(merge.at) - Date.now()) < 60_000, merge.at);
+      }
+    });
+
+    it("prints no merges for a customer never merged, and exits 1 for an unknown identifier", async () => {
+      const [never, unknown] = await Promise.all([
+        identity(["merges", "--email", "d@hillvalley.edu"], env),
+        identity(["merges", "--phone", "999999"], env),
+      ]);
+      assert.equal(never.code, 0, never.stderr);
+      assert.deepEqual(JSON.parse(never.stdout), { primaryContactId: ids.d, merges: [] });
+      assertOneLineFailure(unknown, 1, /^no customer has that phone number$/);
+    });
+
+    it("checks its command line as lookup does", async () => {
+      const run = await identity(["merges", "--email", "x@hillvalley.edu", "--phone", "123456"]);
+      assertOneLineFailure(run, 2, /^identity: merges takes --email or --phone, not both/);
     });
   });
 }

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import type { Database } from "../../src/storage/database.js";
+import { readMergeHistory } from "../../src/storage/merge-log.repository.js";
 import {
   allContacts,
   createTestDatabase,
@@ -128,6 +129,18 @@ for (const dialect of dialectsUnderTest()) {
       const rows = await allContacts(database);
       assert.deepEqual(invariantViolations(rows), [], `seed ${seed}`);
 
+      // The merge log: a customer is merged away once, and stays a secondary.
+      const merged = (
+        await database.db.selectFrom("ContactMerge").select("mergedId").execute()
+      ).map((row) => row.mergedId);
+      assert.equal(new Set(merged).size, merged.length, `a customer merged twice, seed ${seed}`);
+      const secondaries = new Set(rows.filter((row) => row.linkedId !== null).map((row) => row.id));
+      assert.deepEqual(
+        merged.filter((id) => !secondaries.has(id)),
+        [],
+        `merged customers that are not secondaries, seed ${seed}`,
+      );
+
       const customers = customersOf(rows);
       const groups = components.groups();
       assert.equal(customers.size, groups.length, `one customer per component, seed ${seed}`);
@@ -208,6 +221,15 @@ for (const dialect of dialectsUnderTest()) {
       const answer = await send(0, { email: `link9-${tag}@${dialect}.test` });
       assert.deepEqual(answer, expectedAnswer(rows, winner));
       assert.equal(answer.secondaryContactIds.length, 9);
+      // Each of the nine newer customers was merged exactly once, whatever the order.
+      const history = await readMergeHistory(database.db, winner);
+      assert.deepEqual(
+        history.map((merge) => merge.mergedId).sort((a, b) => a - b),
+        seeds
+          .slice(1)
+          .map((seed) => seed.primaryContactId)
+          .sort((a, b) => a - b),
+      );
     });
   });
 }

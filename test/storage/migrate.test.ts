@@ -39,7 +39,7 @@ for (const dialect of dialectsUnderTest()) {
       );
       const outputs = runs.map((run) => run.stdout.trim().replace(/^.*: /, "")).sort();
       assert.deepEqual(outputs, [
-        "applied 0001-create-contact",
+        "applied 0001-create-contact, 0002-create-contact-merge",
         "schema is up to date",
         "schema is up to date",
       ]);
@@ -179,7 +179,10 @@ if (dialectsUnderTest().includes("mysql")) {
         "PRIMARY",
       ]);
 
-      assert.deepEqual(await migrateToLatest(database), ["0001-create-contact"]);
+      assert.deepEqual(await migrateToLatest(database), [
+        "0001-create-contact",
+        "0002-create-contact-merge",
+      ]);
       assert.deepEqual(await schemaObjects(), complete);
       assert.deepEqual(complete, [
         "Contact_email_idx",

@@ -1,0 +1,63 @@
+import { sql } from "kysely";
+import type { Kysely } from "kysely";
+
+/**
+ * A binary collation without PAD SPACE: utf8mb4_bin ignores trailing spaces in comparisons.
+ * MariaDB calls it utf8mb4_nopad_bin, MySQL 8 utf8mb4_0900_bin.
+ */
+export async function binaryNoPadCollation(db: Kysely<unknown>): Promise<string> {
+  const result = await sql<{ name: string }>`
+    select collation_name as name from information_schema.collations
+    where collation_name in ('utf8mb4_nopad_bin', 'utf8mb4_0900_bin')
+    order by collation_name desc`.execute(db);
+  const name = result.rows[0]?.name;
+  if (name === undefined) {
+    throw new Error(
+      "the server has no binary NO PAD collation for utf8mb4 (MariaDB 10.2+ or MySQL 8 needed)",
+    );
+  }
+  return name;
+}
+
+/** What an earlier run of a migration left of a table: whether it exists, and its indexes. */
+export interface ExistingParts {
+  readonly table: boolean;
+  /** Names of the table's indexes and constraints. */
+  readonly objects: ReadonlySet<string>;
+}
+
+export const NOTHING_YET: ExistingParts = { table: false, objects: new Set() };
+
+/**
+ * MySQL/MariaDB commit each DDL statement on its own: a migration stopped half-way (a crash, a
+ * lost connection) leaves a table, and maybe some of its indexes, without the migration
+ * recorded, and the next run must do only what is missing. This reads what is there. The table
+ * is recognized as the migration's own by `marker`, a check constraint made in the same CREATE
+ * TABLE; a table of that name without it was not made by this service and is refused.
+ */
+export async function existingParts(
+  db: Kysely<unknown>,
+  table: string,
+  marker: string,
+): Promise<ExistingParts> {
+  const tables = await sql<{ name: string }>`
+    select table_name as name from information_schema.tables
+    where table_schema = database() and table_name = ${table}`.execute(db);
+  if (tables.rows.length === 0) {
+    return NOTHING_YET;
+  }
+  const objects = await sql<{ name: string }>`
+    select index_name as name from information_schema.statistics
+    where table_schema = database() and table_name = ${table}
+    union
+    select constraint_name as name from information_schema.table_constraints
+    where constraint_schema = database() and table_name = ${table}`.execute(db);
+  const names = new Set(objects.rows.map((row) => row.name));
+  if (!names.has(marker)) {
+    throw new Error(
+      `a ${table} table exists that this service did not create (it lacks ${marker}); ` +
+        "use another database, or drop or rename that table",
+    );
+  }
+  return { table: true, objects: names };
+}
