@@ -40,9 +40,10 @@ Commands:
   migrate               Bring the database schema up to date.
   lookup --email EMAIL  Print the customer that has this email, as JSON. Reads only.
   lookup --phone PHONE  Print the customer that has this phone number, as JSON. Reads only.
-  merges --email EMAIL  Print why that customer is one: every merge that went into it, oldest
-  merges --phone PHONE  first, with the email and phone of the request that bridged the two
-                        customers, as JSON. Reads only.
+  merges --email EMAIL  Print the merges that made the customer holding this email, in order,
+                        each with the email and phone of the request that made it, as JSON.
+                        Reads only.
+  merges --phone PHONE  The same by phone number.
   stats                 Print the numbers of live contacts and customers and the largest
                         customer, as JSON. Reads only.
   help                  Print this help.
@@ -245,15 +246,24 @@ function identifierRequest(
   throw new UsageError(`${command} needs --email EMAIL or --phone PHONE`);
 }
 
-/** The customer of the request's one identifier: its primary id and live rows, or null. */
+/**
+ * The customer of the request's one identifier, or null: its primary id, its live rows, and its
+ * groups (the primary; also the soft-deleted primary a stand-in will replace).
+ */
 async function customerOf(
   db: Database,
   request: IdentifyRequest,
-): Promise<{ primaryId: number; members: readonly Contact[] } | null> {
+): Promise<{ primaryId: number; members: readonly Contact[]; groups: number[] } | null> {
   const rows = await new SqlContactStore(db).findCustomers(request);
   // The plan of the request is what the service answers with; only its members are used here.
   const plan = planIdentify(request, rows, Date.now());
-  return plan.winnerId === null ? null : { primaryId: plan.winnerId, members: plan.members };
+  return plan.winnerId === null
+    ? null
+    : {
+        primaryId: plan.winnerId,
+        members: plan.members,
+        groups: [plan.winnerId, ...plan.relinkGroups],
+      };
 }
 
 function notFound(ctx: CliContext, request: IdentifyRequest): number {
@@ -284,7 +294,7 @@ export function runLookup(args: readonly string[], ctx: CliContext): Promise<num
 
 /**
  * `identity merges --email X | --phone Y`: why the customer of that identifier is one customer:
- * every merge that went into it, oldest first, with the identifiers of the request that bridged
+ * every logged merge that went into it, in order, with the identifiers of the request that made
  * each, as one line of JSON. Reads only.
  */
 export function runMerges(args: readonly string[], ctx: CliContext): Promise<number> {
@@ -301,7 +311,7 @@ export function runMerges(args: readonly string[], ctx: CliContext): Promise<num
         ? null
         : {
             primaryContactId: customer.primaryId,
-            merges: await readMergeHistory(db.db, customer.primaryId),
+            merges: await readMergeHistory(db.db, customer.groups),
           };
     });
     if (found === null) {

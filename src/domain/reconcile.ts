@@ -16,10 +16,11 @@ export interface ReconcilePlan {
   /** The primary of the resulting customer; null when the request creates a new customer. */
   readonly winnerId: number | null;
   /**
-   * True when the winner is not a primary yet (its own primary was soft-deleted, so the oldest
-   * live row of that customer stands in for it) and must be promoted.
+   * When the winner is not a primary yet (its own primary was soft-deleted, so the oldest live row
+   * of that customer stands in for it) and must be promoted: that customer, the soft-deleted
+   * primary's id. Null otherwise.
    */
-  readonly promoteWinner: boolean;
+  readonly promotedFrom: number | null;
   /**
    * Customers (by primary id) whose rows, the primary included, must point at the winner. Each
    * excludes the winner row itself; sorted ascending.
@@ -68,7 +69,7 @@ export function planIdentify(
     return {
       outcome: "created",
       winnerId: null,
-      promoteWinner: false,
+      promotedFrom: null,
       relinkGroups: [],
       insert: { email: request.email, phoneNumber: request.phoneNumber, createdAt: now },
       members: [],
@@ -99,7 +100,8 @@ export function planIdentify(
     throw new Error("unreachable: a matched customer has no root");
   }
   const winnerId = winner.id;
-  const promoteWinner = winner.linkedId !== null;
+  const promotedFrom = winner.linkedId;
+  const promoteWinner = promotedFrom !== null;
   const relinkGroups = [...groups].filter((group) => group !== winnerId).sort((a, b) => a - b);
 
   const members = involved.map((row): Contact => {
@@ -126,7 +128,7 @@ export function planIdentify(
   }
   const changesLinks = promoteWinner || relinkGroups.length > 0;
   const outcome = changesLinks ? "merged" : insert !== null ? "secondary_added" : "unchanged";
-  return { outcome, winnerId, promoteWinner, relinkGroups, insert, members };
+  return { outcome, winnerId, promotedFrom, relinkGroups, insert, members };
 }
 
 /**

@@ -10,7 +10,7 @@ import { lockTimeoutSeconds } from "./database.js";
 import type { Database, DialectName } from "./database.js";
 import { asDatabaseError, DatabaseError } from "./errors.js";
 import { FixedStatement } from "./fixed-statement.js";
-import type { ContactRow, DB } from "./schema.js";
+import type { ContactRow, DB, MergeKind } from "./schema.js";
 
 type ContactColumns = Pick<
   ContactRow,
@@ -95,7 +95,14 @@ interface Statements {
   readonly promote: FixedStatement<[id: number, updatedAt: Time]>;
   readonly relink: FixedStatement<[winnerId: number, group: number, updatedAt: Time]>;
   readonly logMerge: FixedStatement<
-    [winnerId: number, mergedId: number, email: string | null, phoneNumber: string | null, at: Time]
+    [
+      winnerId: number,
+      mergedId: number,
+      kind: MergeKind,
+      email: string | null,
+      phoneNumber: string | null,
+      createdAt: Time,
+    ]
   >;
   readonly insert: FixedStatement<
     [
@@ -193,17 +200,18 @@ function compileStatements(db: Kysely<DB>, dialect: DialectName, lockTimeout: nu
         ),
   );
   const logMerge = FixedStatement.compile(
-    5,
+    6,
     (
       winnerId: number,
       mergedId: number,
+      kind: MergeKind,
       email: string | null,
       phoneNumber: string | null,
       createdAt: Time,
     ) =>
       db
         .insertInto("ContactMerge")
-        .values({ winnerId, mergedId, email, phoneNumber, createdAt })
+        .values({ winnerId, mergedId, kind, email, phoneNumber, createdAt })
         .compile(),
   );
   return { findCustomers, lockCustomer, promote, relink, logMerge, insert, lockIdentifiers };
@@ -274,7 +282,7 @@ class SqlContactTransaction implements ContactTransaction {
   ): Promise<Contact | null> {
     const { winnerId } = plan;
     const updatedAt = this.time(now);
-    if (winnerId !== null && plan.promoteWinner) {
+    if (winnerId !== null && plan.promotedFrom !== null) {
       await this.execute(this.statements.promote.bind([winnerId, updatedAt]));
     }
     if (winnerId !== null) {
@@ -284,6 +292,7 @@ class SqlContactTransaction implements ContactTransaction {
           this.statements.logMerge.bind([
             winnerId,
             group,
+            group === plan.promotedFrom ? "promotion" : "bridge",
             request.email,
             request.phoneNumber,
             updatedAt,

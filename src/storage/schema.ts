@@ -15,11 +15,18 @@ export interface ContactTable {
   deletedAt: ColumnType<Date | string | null, Date | string | null, Date | string | null>;
 }
 
+/**
+ * Why a customer moved under another: a request bridged the two, or the customer's primary was
+ * soft-deleted and its oldest live row (the winner) was promoted in its place.
+ */
+export type MergeKind = "bridge" | "promotion";
+
 /** The merge log: a customer (`mergedId`, its primary then) moved under `winnerId`. */
 export interface ContactMergeTable {
   id: Generated<number>;
   winnerId: number;
   mergedId: number;
+  kind: MergeKind;
   /** The bridging request's identifiers, normalized. */
   email: string | null;
   phoneNumber: string | null;

@@ -374,6 +374,7 @@ for (const dialect of dialectsUnderTest()) {
             at: undefined,
             winnerId: ids.b,
             mergedId: ids.c,
+            kind: "bridge",
             email: "b@hillvalley.edu",
             phoneNumber: "333333",
           },
@@ -381,6 +382,7 @@ for (const dialect of dialectsUnderTest()) {
             at: undefined,
             winnerId: ids.a,
             mergedId: ids.b,
+            kind: "bridge",
             email: "a@hillvalley.edu",
             phoneNumber: "222222",
           },
@@ -399,6 +401,51 @@ for (const dialect of dialectsUnderTest()) {
       assert.equal(never.code, 0, never.stderr);
       assert.deepEqual(JSON.parse(never.stdout), { primaryContactId: ids.d, merges: [] });
       assertOneLineFailure(unknown, 1, /^no customer has that phone number$/);
+    });
+
+    it("follows a customer whose primary was soft-deleted, before and after its stand-in is promoted", async () => {
+      const service = new IdentifyService(new SqlContactStore(database), new NoCache());
+      const e = (await service.identify({ email: "e@hillvalley.edu", phoneNumber: "555111" }))
+        .customer.primaryContactId;
+      const f = (await service.identify({ email: "f@hillvalley.edu", phoneNumber: "555222" }))
+        .customer.primaryContactId;
+      await service.identify({ email: "e@hillvalley.edu", phoneNumber: "555222" });
+      const deletedAt = dialect === "sqlite" ? new Date().toISOString() : new Date();
+      await database.db.updateTable("Contact").set({ deletedAt }).where("id", "=", e).execute();
+      const bridge = {
+        winnerId: e,
+        mergedId: f,
+        kind: "bridge",
+        email: "e@hillvalley.edu",
+        phoneNumber: "555222",
+      };
+      const history = async () => {
+        const run = await identity(["merges", "--phone", "555222"], env);
+        assert.equal(run.code, 0, run.stderr);
+        const found = JSON.parse(run.stdout) as { primaryContactId: number; merges: object[] };
+        return { ...found, merges: found.merges.map((merge) => ({ ...merge, at: undefined })) };
+      };
+      // F's row stands in for the deleted primary E until a request touches the customer.
+      assert.deepEqual(await history(), {
+        primaryContactId: f,
+        merges: [{ at: undefined, ...bridge }],
+      });
+      const touched = await service.identify({ email: "f@hillvalley.edu", phoneNumber: null });
+      assert.equal(touched.outcome, "merged");
+      assert.deepEqual(await history(), {
+        primaryContactId: f,
+        merges: [
+          { at: undefined, ...bridge },
+          {
+            at: undefined,
+            winnerId: f,
+            mergedId: e,
+            kind: "promotion",
+            email: "f@hillvalley.edu",
+            phoneNumber: null,
+          },
+        ],
+      });
     });
 
     it("checks its command line as lookup does", async () => {

@@ -42,6 +42,8 @@ for (const dialect of dialectsUnderTest()) {
     let test: TestDatabase;
     let database: Database;
     let servers: ServerProcess[] = [];
+    /** Every primaryContactId answered so far: each created customer is answered once at least. */
+    const answeredPrimaries = new Set<number>();
 
     before(async () => {
       test = await createTestDatabase(dialect);
@@ -72,7 +74,9 @@ for (const dialect of dialectsUnderTest()) {
         200,
         `${JSON.stringify(body)} -> ${JSON.stringify(response.body)}`,
       );
-      return response.body as Answer;
+      const answer = response.body as Answer;
+      answeredPrimaries.add(answer.primaryContactId);
+      return answer;
     }
 
     it("keeps the graph sound and answers every identifier with its component", async () => {
@@ -129,19 +133,20 @@ for (const dialect of dialectsUnderTest()) {
       const rows = await allContacts(database);
       assert.deepEqual(invariantViolations(rows), [], `seed ${seed}`);
 
-      // The merge log: a customer is merged away once, and stays a secondary.
+      const customers = customersOf(rows);
+
+      // The merge log: every primary ever answered that is no longer one was merged away, once.
       const merged = (
         await database.db.selectFrom("ContactMerge").select("mergedId").execute()
       ).map((row) => row.mergedId);
       assert.equal(new Set(merged).size, merged.length, `a customer merged twice, seed ${seed}`);
-      const secondaries = new Set(rows.filter((row) => row.linkedId !== null).map((row) => row.id));
       assert.deepEqual(
-        merged.filter((id) => !secondaries.has(id)),
-        [],
-        `merged customers that are not secondaries, seed ${seed}`,
+        merged.sort((a, b) => a - b),
+        [...answeredPrimaries].filter((id) => !customers.has(id)).sort((a, b) => a - b),
+        `the merge log against the primaries that went, seed ${seed}`,
       );
+      assert.ok(merged.length > 0, `some merges, seed ${seed}`);
 
-      const customers = customersOf(rows);
       const groups = components.groups();
       assert.equal(customers.size, groups.length, `one customer per component, seed ${seed}`);
 
@@ -222,7 +227,7 @@ for (const dialect of dialectsUnderTest()) {
       assert.deepEqual(answer, expectedAnswer(rows, winner));
       assert.equal(answer.secondaryContactIds.length, 9);
       // Each of the nine newer customers was merged exactly once, whatever the order.
-      const history = await readMergeHistory(database.db, winner);
+      const history = await readMergeHistory(database.db, [winner]);
       assert.deepEqual(
         history.map((merge) => merge.mergedId).sort((a, b) => a - b),
         seeds

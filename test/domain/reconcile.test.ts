@@ -106,7 +106,7 @@ function lorraineUnchanged(email: string | null, phoneNumber: string | null): Pl
     plan: {
       outcome: "unchanged",
       winnerId: 1,
-      promoteWinner: false,
+      promotedFrom: null,
       relinkGroups: [],
       insert: null,
       members: [lorraine, mcfly],
@@ -125,7 +125,7 @@ function georgeBiffMerge(email: string, phoneNumber: string): PlanCase {
     plan: {
       outcome: "merged",
       winnerId: 1,
-      promoteWinner: false,
+      promotedFrom: null,
       relinkGroups: [2],
       insert: null,
       members: [george, row(2, BIFF, "717171", 1, at(1))],
@@ -148,7 +148,7 @@ describe("planIdentify: the spec's worked examples", () => {
       plan: {
         outcome: "created",
         winnerId: null,
-        promoteWinner: false,
+        promotedFrom: null,
         relinkGroups: [],
         insert: { email: "doc@hillvalley.edu", phoneNumber: "555123", createdAt: NOW },
         members: [],
@@ -168,7 +168,7 @@ describe("planIdentify: the spec's worked examples", () => {
       plan: {
         outcome: "secondary_added",
         winnerId: 1,
-        promoteWinner: false,
+        promotedFrom: null,
         relinkGroups: [],
         insert: { email: MCFLY, phoneNumber: "123456", createdAt: NOW },
         members: [lorraine],
@@ -200,7 +200,7 @@ describe("planIdentify: merging customers", () => {
       plan: {
         outcome: "merged",
         winnerId: 1,
-        promoteWinner: false,
+        promotedFrom: null,
         relinkGroups: [2],
         insert: null,
         members: [
@@ -228,7 +228,7 @@ describe("planIdentify: merging customers", () => {
       plan: {
         outcome: "merged",
         winnerId: 1,
-        promoteWinner: false,
+        promotedFrom: null,
         relinkGroups: [2],
         insert: null,
         members: [
@@ -256,7 +256,7 @@ describe("planIdentify: merging customers", () => {
       plan: {
         outcome: "merged",
         winnerId: 5,
-        promoteWinner: false,
+        promotedFrom: null,
         relinkGroups: [3],
         insert: null,
         members: [
@@ -281,7 +281,7 @@ describe("planIdentify: merging customers", () => {
       plan: {
         outcome: "merged",
         winnerId: 8,
-        promoteWinner: false,
+        promotedFrom: null,
         relinkGroups: [9],
         insert: null,
         members: [
@@ -306,7 +306,7 @@ describe("planIdentify: merging customers", () => {
       plan: {
         outcome: "secondary_added",
         winnerId: 1,
-        promoteWinner: false,
+        promotedFrom: null,
         relinkGroups: [],
         insert: { email: "a@example.com", phoneNumber: "9999", createdAt: NOW },
         members: [row(1, "a@example.com", "1111", null, at(0))],
@@ -332,7 +332,7 @@ describe("planIdentify: merging customers", () => {
       plan: {
         outcome: "merged",
         winnerId: 1,
-        promoteWinner: false,
+        promotedFrom: null,
         relinkGroups: [2],
         insert: { email: "shared@example.com", phoneNumber: "9999", createdAt: NOW },
         members: [
@@ -365,7 +365,7 @@ describe("planIdentify: rows and requests with one field", () => {
       plan: {
         outcome: "unchanged",
         winnerId: 1,
-        promoteWinner: false,
+        promotedFrom: null,
         relinkGroups: [],
         insert: null,
         members: [
@@ -390,7 +390,7 @@ describe("planIdentify: rows and requests with one field", () => {
       plan: {
         outcome: "unchanged",
         winnerId: 1,
-        promoteWinner: false,
+        promotedFrom: null,
         relinkGroups: [],
         insert: null,
         members: [
@@ -412,7 +412,7 @@ describe("planIdentify: rows and requests with one field", () => {
       plan: {
         outcome: "unchanged",
         winnerId: 2,
-        promoteWinner: false,
+        promotedFrom: null,
         relinkGroups: [],
         insert: null,
         members: [phoneOnly],
@@ -431,7 +431,7 @@ describe("planIdentify: rows and requests with one field", () => {
       plan: {
         outcome: "unchanged",
         winnerId: 1,
-        promoteWinner: false,
+        promotedFrom: null,
         relinkGroups: [],
         insert: null,
         members: [emailOnly],
@@ -450,7 +450,7 @@ describe("planIdentify: rows and requests with one field", () => {
       plan: {
         outcome: "created",
         winnerId: null,
-        promoteWinner: false,
+        promotedFrom: null,
         relinkGroups: [],
         insert: { email: null, phoneNumber: "3333", createdAt: NOW },
         members: [],
@@ -470,7 +470,7 @@ describe("planIdentify: rows and requests with one field", () => {
       plan: {
         outcome: "created",
         winnerId: null,
-        promoteWinner: false,
+        promotedFrom: null,
         relinkGroups: [],
         insert: { email: "new@example.com", phoneNumber: null, createdAt: NOW },
         members: [],
@@ -490,7 +490,7 @@ describe("planIdentify: rows and requests with one field", () => {
       plan: {
         outcome: "merged",
         winnerId: 1,
-        promoteWinner: false,
+        promotedFrom: null,
         relinkGroups: [2],
         insert: null,
         members: [emailOnly, row(2, null, "2222", 1, at(1))],
@@ -509,7 +509,7 @@ describe("planIdentify: rows and requests with one field", () => {
       plan: {
         outcome: "secondary_added",
         winnerId: 1,
-        promoteWinner: false,
+        promotedFrom: null,
         relinkGroups: [],
         insert: { email: "e1@example.com", phoneNumber: "4444", createdAt: NOW },
         members: [emailOnly],
@@ -529,7 +529,7 @@ describe("planIdentify: rows and requests with one field", () => {
       plan: {
         outcome: "unchanged",
         winnerId: 1,
-        promoteWinner: false,
+        promotedFrom: null,
         relinkGroups: [],
         insert: null,
         members: [emailOnly, row(2, null, "2222", 1, at(1))],
@@ -557,7 +557,7 @@ describe("planIdentify: createdAt of the inserted row", () => {
       plan: {
         outcome: "secondary_added",
         winnerId: 1,
-        promoteWinner: false,
+        promotedFrom: null,
         relinkGroups: [],
         insert: { email: "e3@example.com", phoneNumber: "1111", createdAt: future },
         members: [
@@ -583,7 +583,7 @@ describe("planIdentify: createdAt of the inserted row", () => {
       plan: {
         outcome: "secondary_added",
         winnerId: 1,
-        promoteWinner: false,
+        promotedFrom: null,
         relinkGroups: [],
         insert: { email: "e1@example.com", phoneNumber: "3333", createdAt: NOW },
         members: [row(1, "e1@example.com", "1111", null, at(0))],
@@ -613,7 +613,7 @@ describe("planIdentify: customers whose primary is soft-deleted", () => {
       plan: {
         outcome: "merged",
         winnerId: 4,
-        promoteWinner: true,
+        promotedFrom: 1,
         relinkGroups: [1, 2],
         insert: null,
         members: [
@@ -639,7 +639,7 @@ describe("planIdentify: customers whose primary is soft-deleted", () => {
       plan: {
         outcome: "merged",
         winnerId: 2,
-        promoteWinner: false,
+        promotedFrom: null,
         relinkGroups: [1],
         insert: null,
         members: [
@@ -664,7 +664,7 @@ describe("planIdentify: customers whose primary is soft-deleted", () => {
       plan: {
         outcome: "merged",
         winnerId: 2,
-        promoteWinner: true,
+        promotedFrom: 1,
         relinkGroups: [1],
         insert: null,
         members: [
@@ -689,7 +689,7 @@ describe("planIdentify: customers whose primary is soft-deleted", () => {
       plan: {
         outcome: "merged",
         winnerId: 2,
-        promoteWinner: true,
+        promotedFrom: 1,
         relinkGroups: [1],
         insert: { email: "e3@example.com", phoneNumber: "9999", createdAt: NOW },
         members: [

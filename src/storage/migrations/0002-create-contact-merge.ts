@@ -6,8 +6,9 @@ import { binaryNoPadCollation, existingParts, NOTHING_YET } from "./mysql-parts.
 
 /**
  * The merge log: one row per customer moved under another, written in the transaction of the
- * merge, with the identifiers of the request that bridged them (what support needs to explain a
- * merge). Ids are not foreign keys: contacts are never deleted, only soft-deleted.
+ * merge, with its kind (a request bridged the two, or a soft-deleted primary's stand-in was
+ * promoted) and the identifiers of the request that did it: what support needs to explain a
+ * merge. Ids are not foreign keys: contacts are never deleted, only soft-deleted.
  */
 export function createContactMerge(dialect: Dialect): Migration {
   return {
@@ -17,7 +18,7 @@ export function createContactMerge(dialect: Dialect): Migration {
       // MySQL/MariaDB: only what an interrupted run left undone (see existingParts).
       const done =
         dialect === "mysql"
-          ? await existingParts(db, "ContactMerge", "ContactMerge_ids_check")
+          ? await existingParts(db, "ContactMerge", "ContactMerge_check")
           : NOTHING_YET;
       if (!done.table) {
         await db.schema
@@ -27,12 +28,13 @@ export function createContactMerge(dialect: Dialect): Migration {
           )
           .addColumn("winnerId", "integer", (col) => col.notNull())
           .addColumn("mergedId", "integer", (col) => col.notNull())
+          .addColumn("kind", "varchar(9)", (col) => col.notNull())
           .addColumn("email", types.identifier(254))
           .addColumn("phoneNumber", types.identifier(16))
           .addColumn("createdAt", types.timestamp, (col) => col.notNull())
           .addCheckConstraint(
-            "ContactMerge_ids_check",
-            sql`${sql.ref("winnerId")} <> ${sql.ref("mergedId")}`,
+            "ContactMerge_check",
+            sql`${sql.ref("winnerId")} <> ${sql.ref("mergedId")} and ${sql.ref("kind")} in ('bridge', 'promotion')`,
           )
           .modifyEnd(dialect === "mysql" ? sql`engine = InnoDB` : sql``)
           .execute();

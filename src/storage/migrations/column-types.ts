@@ -3,7 +3,10 @@ import type { RawBuilder } from "kysely";
 
 export type Dialect = "sqlite" | "mysql" | "postgres";
 
-/** The column types the migrations share, per dialect. */
+/**
+ * The column types the migrations share, per dialect. Released migrations use them: never change
+ * what they produce; a migration that needs another type says so itself.
+ */
 export interface ColumnTypes {
   /** An email or phone column: byte-exact comparison (on MySQL/MariaDB, `collation`). */
   identifier(length: number): RawBuilder<unknown>;

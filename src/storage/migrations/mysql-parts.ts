@@ -1,6 +1,9 @@
 import { sql } from "kysely";
 import type { Kysely } from "kysely";
 
+// Released migrations use these helpers: never change what they create or decide; a migration
+// that needs something else gets a helper of its own.
+
 /**
  * A binary collation without PAD SPACE: utf8mb4_bin ignores trailing spaces in comparisons.
  * MariaDB calls it utf8mb4_nopad_bin, MySQL 8 utf8mb4_0900_bin.
@@ -13,7 +16,7 @@ export async function binaryNoPadCollation(db: Kysely<unknown>): Promise<string>
   const name = result.rows[0]?.name;
   if (name === undefined) {
     throw new Error(
-      "the server has no binary NO PAD collation for utf8mb4 (MariaDB 10.2+ or MySQL 8 needed)",
+      "the server has no binary NO PAD collation for utf8mb4 (MariaDB 10.3.10+ or MySQL 8.0.16+ needed)",
     );
   }
   return name;
@@ -33,7 +36,8 @@ export const NOTHING_YET: ExistingParts = { table: false, objects: new Set() };
  * lost connection) leaves a table, and maybe some of its indexes, without the migration
  * recorded, and the next run must do only what is missing. This reads what is there. The table
  * is recognized as the migration's own by `marker`, a check constraint made in the same CREATE
- * TABLE; a table of that name without it was not made by this service and is refused.
+ * TABLE; a table of that name without it was not made by this service and is refused. (CHECK
+ * constraints are listed in information_schema from MariaDB 10.3.10 and MySQL 8.0.16.)
  */
 export async function existingParts(
   db: Kysely<unknown>,
@@ -46,13 +50,13 @@ export async function existingParts(
   if (tables.rows.length === 0) {
     return NOTHING_YET;
   }
-  const objects = await sql<{ name: string }>`
+  const indexes = await sql<{ name: string }>`
     select index_name as name from information_schema.statistics
-    where table_schema = database() and table_name = ${table}
-    union
+    where table_schema = database() and table_name = ${table}`.execute(db);
+  const constraints = await sql<{ name: string }>`
     select constraint_name as name from information_schema.table_constraints
     where constraint_schema = database() and table_name = ${table}`.execute(db);
-  const names = new Set(objects.rows.map((row) => row.name));
+  const names = new Set([...indexes.rows, ...constraints.rows].map((row) => row.name));
   if (!names.has(marker)) {
     throw new Error(
       `a ${table} table exists that this service did not create (it lacks ${marker}); ` +
