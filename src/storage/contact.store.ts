@@ -88,22 +88,23 @@ class LockTimeoutError extends Error {
 
 type Time = Date | string;
 
+/** A merge log row: the customer `mergedId` moved under `winnerId`, and the request's identifiers. */
+type MergeLogValues = [
+  winnerId: number,
+  mergedId: number,
+  kind: MergeKind,
+  email: string | null,
+  phoneNumber: string | null,
+  createdAt: Time,
+];
+
 /** The statements of the store, compiled once per database (see FixedStatement). */
 interface Statements {
   readonly findCustomers: FixedStatement<[email: string | null, phoneNumber: string | null]>;
   readonly lockCustomer: FixedStatement<[id: number]>;
   readonly promote: FixedStatement<[id: number, updatedAt: Time]>;
   readonly relink: FixedStatement<[winnerId: number, group: number, updatedAt: Time]>;
-  readonly logMerge: FixedStatement<
-    [
-      winnerId: number,
-      mergedId: number,
-      kind: MergeKind,
-      email: string | null,
-      phoneNumber: string | null,
-      createdAt: Time,
-    ]
-  >;
+  readonly logMerge: FixedStatement<MergeLogValues>;
   readonly insert: FixedStatement<
     [
       email: string | null,
@@ -201,14 +202,7 @@ function compileStatements(db: Kysely<DB>, dialect: DialectName, lockTimeout: nu
   );
   const logMerge = FixedStatement.compile(
     6,
-    (
-      winnerId: number,
-      mergedId: number,
-      kind: MergeKind,
-      email: string | null,
-      phoneNumber: string | null,
-      createdAt: Time,
-    ) =>
+    (...[winnerId, mergedId, kind, email, phoneNumber, createdAt]: MergeLogValues) =>
       db
         .insertInto("ContactMerge")
         .values({ winnerId, mergedId, kind, email, phoneNumber, createdAt })
