@@ -40,9 +40,10 @@ Commands:
   migrate               Bring the database schema up to date.
   lookup --email EMAIL  Print the customer that has this email, as JSON. Reads only.
   lookup --phone PHONE  Print the customer that has this phone number, as JSON. Reads only.
-  merges --email EMAIL  Print the merges that made the customer holding this email, in order,
-                        each with the email and phone of the request that made it, as JSON.
-                        Reads only.
+  merges --email EMAIL  Print, oldest first, the merges that made the customer holding this
+                        email (bridges and promotions, with those of the customers it
+                        absorbed), each with its request's email and phone, as one line of
+                        JSON {"primaryContactId":id,"merges":[...]}. Reads only.
   merges --phone PHONE  The same by phone number.
   stats                 Print the numbers of live contacts and customers and the largest
                         customer, as JSON. Reads only.
@@ -255,7 +256,7 @@ async function customerOf(
   request: IdentifyRequest,
 ): Promise<{ primaryId: number; members: readonly Contact[]; groups: number[] } | null> {
   const rows = await new SqlContactStore(db).findCustomers(request);
-  // The plan of the request is what the service answers with; only its members are used here.
+  // The plan of the request is what the service answers with; nothing of it is written here.
   const plan = planIdentify(request, rows, Date.now());
   return plan.winnerId === null
     ? null

@@ -5,7 +5,7 @@ import type { DB, MergeKind } from "./schema.js";
 export interface MergeRecord {
   /** When the writer made the merge (its clock; the log's order is `id`'s, not this). */
   readonly at: string;
-  /** The primary the customer moved under (the older one). */
+  /** The primary the customer moved under (the older one; for a promotion, the stand-in). */
   readonly winnerId: number;
   /** The moved customer's primary then (a secondary of `winnerId` since, or soft-deleted). */
   readonly mergedId: number;

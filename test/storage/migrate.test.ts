@@ -6,6 +6,7 @@ import { openDatabase } from "../../src/storage/database.js";
 import type { Database } from "../../src/storage/database.js";
 import { migrateToLatest } from "../../src/storage/migrate.js";
 import { createContact } from "../../src/storage/migrations/0001-create-contact.js";
+import { createContactMerge } from "../../src/storage/migrations/0002-create-contact-merge.js";
 import { createTestDatabase, dialectsUnderTest } from "../support/databases.js";
 import { runMigrate } from "../support/server.js";
 import type { TestDatabase } from "../support/databases.js";
@@ -156,14 +157,14 @@ if (dialectsUnderTest().includes("mysql")) {
       await test.drop();
     });
 
-    async function schemaObjects(): Promise<string[]> {
-      const result = await sql<{ name: string }>`
+    async function schemaObjects(on = database, table = "Contact"): Promise<string[]> {
+      const indexes = await sql<{ name: string }>`
         select index_name as name from information_schema.statistics
-        where table_schema = database() and table_name = 'Contact'
-        union
+        where table_schema = database() and table_name = ${table}`.execute(on.db);
+      const constraints = await sql<{ name: string }>`
         select constraint_name as name from information_schema.table_constraints
-        where constraint_schema = database() and table_name = 'Contact'`.execute(database.db);
-      return result.rows.map((row) => row.name).sort();
+        where constraint_schema = database() and table_name = ${table}`.execute(on.db);
+      return [...new Set([...indexes.rows, ...constraints.rows].map((row) => row.name))].sort();
     }
 
     it("finishes what the interrupted run left undone, once", async () => {
@@ -193,6 +194,29 @@ if (dialectsUnderTest().includes("mysql")) {
         "PRIMARY",
       ]);
       assert.deepEqual(await migrateToLatest(database), []);
+    });
+
+    it("finishes an interrupted merge log migration too", async () => {
+      const other = await createTestDatabase("mysql");
+      const resumed = openDatabase(other.target, { poolSize: 1, lockTimeoutMs: 5000 });
+      try {
+        await createContact("mysql").up(resumed.db);
+        await createContactMerge("mysql").up(resumed.db);
+        await sql`drop index ContactMerge_mergedId_idx on ContactMerge`.execute(resumed.db);
+        assert.deepEqual(await migrateToLatest(resumed), [
+          "0001-create-contact",
+          "0002-create-contact-merge",
+        ]);
+        assert.deepEqual(await schemaObjects(resumed, "ContactMerge"), [
+          "ContactMerge_check",
+          "ContactMerge_mergedId_idx",
+          "ContactMerge_winnerId_idx",
+          "PRIMARY",
+        ]);
+      } finally {
+        await resumed.destroy();
+        await other.drop();
+      }
     });
 
     it("refuses to adopt a Contact table it did not create", async () => {

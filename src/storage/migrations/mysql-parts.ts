@@ -16,7 +16,7 @@ export async function binaryNoPadCollation(db: Kysely<unknown>): Promise<string>
   const name = result.rows[0]?.name;
   if (name === undefined) {
     throw new Error(
-      "the server has no binary NO PAD collation for utf8mb4 (MariaDB 10.3.10+ or MySQL 8.0.16+ needed)",
+      "the server has no binary NO PAD collation for utf8mb4 (MariaDB 10.3.10+ or MySQL 8.0.17+ needed)",
     );
   }
   return name;
