@@ -1,30 +1,17 @@
 import assert from "node:assert/strict";
-import { after, before, describe, it } from "node:test";
-import type { Database } from "../../src/storage/database.js";
+import { describe, it } from "node:test";
 import { readMergeHistory } from "../../src/storage/merge-log.repository.js";
 import type { MergeKind } from "../../src/storage/schema.js";
-import { createTestDatabase, dialectsUnderTest, openMigrated } from "../support/databases.js";
-import type { TestDatabase } from "../support/databases.js";
+import { dialectsUnderTest, migratedDatabaseForSuite } from "../support/databases.js";
 
 for (const dialect of dialectsUnderTest()) {
   describe(`the merge log on ${dialect}`, () => {
-    let test: TestDatabase;
-    let database: Database;
-
-    before(async () => {
-      test = await createTestDatabase(dialect);
-      database = await openMigrated(test);
-    });
-
-    after(async () => {
-      await database.destroy();
-      await test.drop();
-    });
+    const suite = migratedDatabaseForSuite(dialect);
 
     /** Writes a log row directly, as an older or skewed writer could have. */
     async function log(winnerId: number, mergedId: number, kind: MergeKind, at: string) {
       const createdAt = dialect === "sqlite" ? new Date(at).toISOString() : new Date(at);
-      await database.db
+      await suite.database.db
         .insertInto("ContactMerge")
         .values({ winnerId, mergedId, kind, email: null, phoneNumber: "123456", createdAt })
         .execute();
@@ -33,7 +20,7 @@ for (const dialect of dialectsUnderTest()) {
     it("refuses a row that merges a customer into itself, or of an unknown kind", async () => {
       await assert.rejects(log(7, 7, "bridge", "2026-01-01T00:00:00Z"));
       await assert.rejects(log(7, 8, "other" as MergeKind, "2026-01-01T00:00:00Z"));
-      const rows = await database.db.selectFrom("ContactMerge").selectAll().execute();
+      const rows = await suite.database.db.selectFrom("ContactMerge").selectAll().execute();
       assert.deepEqual(rows, []);
     });
 
@@ -43,7 +30,7 @@ for (const dialect of dialectsUnderTest()) {
       await log(20, 21, "bridge", "2026-01-01T00:00:05Z");
       await log(10, 20, "promotion", "2026-01-01T00:00:01Z");
       await log(11, 12, "bridge", "2026-01-01T00:00:00Z");
-      const history = await readMergeHistory(database.db, [10]);
+      const history = await readMergeHistory(suite.database.db, [10]);
       assert.deepEqual(
         history.map((merge) => [merge.winnerId, merge.mergedId, merge.kind, merge.at]),
         [
@@ -54,7 +41,7 @@ for (const dialect of dialectsUnderTest()) {
       );
       // A customer reached twice (here through a cycle) is read once.
       await log(22, 10, "promotion", "2026-01-01T00:00:10Z");
-      assert.equal((await readMergeHistory(database.db, [10, 22])).length, 4);
+      assert.equal((await readMergeHistory(suite.database.db, [10, 22])).length, 4);
     });
   });
 }
