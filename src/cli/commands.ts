@@ -248,13 +248,17 @@ function identifierRequest(
 }
 
 /**
- * The customer of the request's one identifier, or null: its primary id, its live rows, and its
- * groups (the primary; also the soft-deleted primary a stand-in will replace).
+ * A customer as the CLI finds it: its primary id, its live rows, and its groups (the primary;
+ * also the soft-deleted primary a stand-in will replace).
  */
-async function customerOf(
-  db: Database,
-  request: IdentifyRequest,
-): Promise<{ primaryId: number; members: readonly Contact[]; groups: number[] } | null> {
+interface FoundCustomer {
+  readonly primaryId: number;
+  readonly members: readonly Contact[];
+  readonly groups: readonly number[];
+}
+
+/** The customer of the request's one identifier, or null. */
+async function customerOf(db: Database, request: IdentifyRequest): Promise<FoundCustomer | null> {
   const rows = await new SqlContactStore(db).findCustomers(request);
   // The plan of the request is what the service answers with; nothing of it is written here.
   const plan = planIdentify(request, rows, Date.now());
@@ -273,34 +277,18 @@ function notFound(ctx: CliContext, request: IdentifyRequest): number {
 }
 
 /**
- * `identity lookup --email X | --phone Y`: prints the customer POST /identify would answer with for
- * that identifier alone, as one line of JSON, without writing, locking or migrating anything.
+ * Runs a command about the customer of one identifier (`lookup`, `merges`): parses its command
+ * line, reads that customer, and prints what `describe` makes of it as one line of JSON, all
+ * without writing, locking or migrating anything. No customer: one line on stderr, exit 1.
  */
-export function runLookup(args: readonly string[], ctx: CliContext): Promise<number> {
+function runForCustomer(
+  command: IdentifierCommand,
+  args: readonly string[],
+  ctx: CliContext,
+  describe: (db: Database, customer: FoundCustomer) => unknown,
+): Promise<number> {
   return guarded(ctx, async () => {
-    const request = identifierRequest("lookup", args);
-    if (request === "help") {
-      ctx.stdout.write(USAGE);
-      return EXIT_OK;
-    }
-    const opened = openExisting(loadConfig(ctx.env));
-    const customer = await reading(opened, (db) => customerOf(db, request));
-    if (customer === null) {
-      return notFound(ctx, request);
-    }
-    ctx.stdout.write(`${JSON.stringify(consolidate(customer.primaryId, customer.members))}\n`);
-    return EXIT_OK;
-  });
-}
-
-/**
- * `identity merges --email X | --phone Y`: why the customer of that identifier is one customer:
- * every logged merge that went into it, in order, with the identifiers of the request that made
- * each, as one line of JSON. Reads only.
- */
-export function runMerges(args: readonly string[], ctx: CliContext): Promise<number> {
-  return guarded(ctx, async () => {
-    const request = identifierRequest("merges", args);
+    const request = identifierRequest(command, args);
     if (request === "help") {
       ctx.stdout.write(USAGE);
       return EXIT_OK;
@@ -308,19 +296,36 @@ export function runMerges(args: readonly string[], ctx: CliContext): Promise<num
     const opened = openExisting(loadConfig(ctx.env));
     const found = await reading(opened, async (db) => {
       const customer = await customerOf(db, request);
-      return customer === null
-        ? null
-        : {
-            primaryContactId: customer.primaryId,
-            merges: await readMergeHistory(db.db, customer.groups),
-          };
+      return customer === null ? null : { answer: await describe(db, customer) };
     });
     if (found === null) {
       return notFound(ctx, request);
     }
-    ctx.stdout.write(`${JSON.stringify(found)}\n`);
+    ctx.stdout.write(`${JSON.stringify(found.answer)}\n`);
     return EXIT_OK;
   });
+}
+
+/**
+ * `identity lookup --email X | --phone Y`: prints the customer POST /identify would answer with for
+ * that identifier alone.
+ */
+export function runLookup(args: readonly string[], ctx: CliContext): Promise<number> {
+  return runForCustomer("lookup", args, ctx, (_db, customer) =>
+    consolidate(customer.primaryId, customer.members),
+  );
+}
+
+/**
+ * `identity merges --email X | --phone Y`: why the customer of that identifier is one customer:
+ * every logged merge that went into it, in order, with the identifiers of the request that made
+ * each.
+ */
+export function runMerges(args: readonly string[], ctx: CliContext): Promise<number> {
+  return runForCustomer("merges", args, ctx, async (db, customer) => ({
+    primaryContactId: customer.primaryId,
+    merges: await readMergeHistory(db.db, customer.groups),
+  }));
 }
 
 /** `identity stats`: live contacts, live primaries and the largest customer, as one line of JSON. */
