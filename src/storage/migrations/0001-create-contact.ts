@@ -2,7 +2,12 @@ import { sql } from "kysely";
 import type { Kysely, Migration } from "kysely";
 import { columnTypes } from "./column-types.js";
 import type { ColumnTypes, Dialect } from "./column-types.js";
-import { binaryNoPadCollation, existingParts, NOTHING_YET } from "./mysql-parts.js";
+import {
+  binaryNoPadCollation,
+  createMissingIndexes,
+  existingParts,
+  NOTHING_YET,
+} from "./mysql-parts.js";
 
 /**
  * The Contact table and its lookup indexes. Frozen: later changes are new migrations (resuming an
@@ -35,15 +40,16 @@ async function createTable(
   if (!done.table) {
     await createContactTable(db, dialect, columnTypes(dialect, collation));
   }
-  for (const [name, column] of [
-    ["Contact_email_idx", "email"],
-    ["Contact_phoneNumber_idx", "phoneNumber"],
-    ["Contact_linkedId_idx", "linkedId"],
-  ] as const) {
-    if (!done.objects.has(name)) {
-      await db.schema.createIndex(name).on("Contact").column(column).execute();
-    }
-  }
+  await createMissingIndexes(
+    db,
+    "Contact",
+    [
+      ["Contact_email_idx", "email"],
+      ["Contact_phoneNumber_idx", "phoneNumber"],
+      ["Contact_linkedId_idx", "linkedId"],
+    ],
+    done,
+  );
   if (dialect !== "sqlite" && !done.objects.has("Contact_linkedId_fk")) {
     // Added after the index so that MySQL uses it instead of creating one of its own.
     await db.schema

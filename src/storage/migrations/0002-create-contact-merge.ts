@@ -2,7 +2,12 @@ import { sql } from "kysely";
 import type { Kysely, Migration } from "kysely";
 import { columnTypes } from "./column-types.js";
 import type { Dialect } from "./column-types.js";
-import { binaryNoPadCollation, existingParts, NOTHING_YET } from "./mysql-parts.js";
+import {
+  binaryNoPadCollation,
+  createMissingIndexes,
+  existingParts,
+  NOTHING_YET,
+} from "./mysql-parts.js";
 
 /**
  * The merge log: one row per customer moved under another, written in the transaction of the
@@ -39,14 +44,15 @@ export function createContactMerge(dialect: Dialect): Migration {
           .modifyEnd(dialect === "mysql" ? sql`engine = InnoDB` : sql``)
           .execute();
       }
-      for (const [name, column] of [
-        ["ContactMerge_winnerId_idx", "winnerId"],
-        ["ContactMerge_mergedId_idx", "mergedId"],
-      ] as const) {
-        if (!done.objects.has(name)) {
-          await db.schema.createIndex(name).on("ContactMerge").column(column).execute();
-        }
-      }
+      await createMissingIndexes(
+        db,
+        "ContactMerge",
+        [
+          ["ContactMerge_winnerId_idx", "winnerId"],
+          ["ContactMerge_mergedId_idx", "mergedId"],
+        ],
+        done,
+      );
     },
 
     async down(db: Kysely<unknown>): Promise<void> {

@@ -65,3 +65,17 @@ export async function existingParts(
   }
   return { table: true, objects: names };
 }
+
+/** Creates each single-column index of `table` that `done` does not already hold. */
+export async function createMissingIndexes(
+  db: Kysely<unknown>,
+  table: string,
+  indexes: readonly (readonly [name: string, column: string])[],
+  done: ExistingParts,
+): Promise<void> {
+  for (const [name, column] of indexes) {
+    if (!done.objects.has(name)) {
+      await db.schema.createIndex(name).on(table).column(column).execute();
+    }
+  }
+}
