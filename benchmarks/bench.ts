@@ -87,8 +87,19 @@ function log(line: string): void {
   process.stderr.write(`bench: ${line}\n`);
 }
 
-/** What `npm start` runs (package.json), after `node`. */
-const SERVER_COMMAND = ["--max-semi-space-size=2", "dist/src/server.js"];
+/** What `npm start` runs after `node` (package.json's start script), so both run the same. */
+const SERVER_COMMAND = startArguments();
+
+function startArguments(): string[] {
+  const manifest = JSON.parse(
+    readFileSync(new URL("../package.json", import.meta.url), "utf8"),
+  ) as { scripts: { start: string } };
+  const [node, ...rest] = manifest.scripts.start.split(/\s+/);
+  if (node !== "node" || rest.some((part) => /["'$&|;<>]/.test(part))) {
+    throw new Error(`npm start is not a plain "node ..." command: ${manifest.scripts.start}`);
+  }
+  return rest;
+}
 
 /** Sums `read(pid)` over a process and its children (the workers); a process gone counts 0. */
 function sumOverTree(pid: number, read: (pid: number) => number): number {
