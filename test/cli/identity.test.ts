@@ -454,3 +454,59 @@ for (const dialect of dialectsUnderTest()) {
     });
   });
 }
+
+for (const dialect of dialectsUnderTest()) {
+  describe(`identity stats on ${dialect}, with a soft-deleted primary`, () => {
+    let test: TestDatabase;
+    let database: Database;
+
+    before(async () => {
+      test = await createTestDatabase(dialect);
+      database = await openMigrated(test);
+    });
+
+    after(async () => {
+      await database.destroy();
+      await test.drop();
+    });
+
+    it("counts the customer while a row lives and names it by the row that stands in, as the API answers", async () => {
+      const service = new IdentifyService(new SqlContactStore(database), new NoCache());
+      // G has five rows; its primary is then soft-deleted. H has three live rows.
+      const g = await service.identify({ email: "g@hillvalley.edu", phoneNumber: "700000" });
+      for (const email of [
+        "g1@hillvalley.edu",
+        "g2@hillvalley.edu",
+        "g3@hillvalley.edu",
+        "g4@hillvalley.edu",
+      ]) {
+        await service.identify({ email, phoneNumber: "700000" });
+      }
+      await service.identify({ email: "h@hillvalley.edu", phoneNumber: "800000" });
+      await service.identify({ email: "h1@hillvalley.edu", phoneNumber: "800000" });
+      await service.identify({ email: "h2@hillvalley.edu", phoneNumber: "800000" });
+      const primary = g.customer.primaryContactId;
+      const deletedAt = dialect === "sqlite" ? new Date().toISOString() : new Date();
+      await database.db
+        .updateTable("Contact")
+        .set({ deletedAt })
+        .where("id", "=", primary)
+        .execute();
+      const answered = await identity(["lookup", "--phone", "700000"], env());
+      const standIn = (JSON.parse(answered.stdout) as Customer).primaryContactId;
+      assert.notEqual(standIn, primary);
+
+      const run = await identity(["stats"], env());
+      assert.equal(run.code, 0, run.stderr);
+      assert.deepEqual(JSON.parse(run.stdout), {
+        contacts: 7,
+        customers: 2,
+        largestCustomer: { primaryContactId: standIn, contacts: 4 },
+      });
+    });
+
+    function env(): Record<string, string> {
+      return { DATABASE_URL: test.url };
+    }
+  });
+}
