@@ -8,9 +8,9 @@ export interface ContactStats {
   /** Customers with a live row (one whose primary was soft-deleted counts while a row lives). */
   readonly customers: number;
   /**
-   * The customer with the most live rows (the lower primary id on a tie), under the id the API
-   * answers with: its primary, or, if that row is soft-deleted, its oldest live row (which stands
-   * in for it). Null with no live row.
+   * The customer with the most live rows, under the id the API answers with: its primary, or, if
+   * that row is soft-deleted, its oldest live row (which stands in for it); on a tie, the lower of
+   * those ids. Null with no live row.
    */
   readonly largestCustomer: { readonly primaryContactId: number; readonly contacts: number } | null;
 }
@@ -18,62 +18,47 @@ export interface ContactStats {
 /**
  * Reads the contact and customer counts and the largest customer in one statement, so all three
  * come from one snapshot. A customer is keyed by coalesce(linkedId, id): rows whose primary was
- * soft-deleted still count towards it. Reads only; takes no lock.
+ * soft-deleted still count towards it. Each live row is ranked within its customer as the service
+ * picks a customer's root (planIdentify: the primary first, then by createdAt and id), so the row
+ * ranked first is the id the API answers with. Reads only; takes no lock.
  */
 export async function readContactStats(db: Kysely<DB>): Promise<ContactStats> {
   const customerOf = sql<number>`coalesce(${sql.ref("linkedId")}, ${sql.ref("id")})`;
   const row = await db
-    .selectFrom((qb) =>
+    .with("live", (qb) =>
       qb
         .selectFrom("Contact")
+        .select([
+          "id",
+          sql<number>`row_number() over (partition by ${customerOf} order by case when ${sql.ref("id")} = ${customerOf} then 0 else 1 end, ${sql.ref("createdAt")}, ${sql.ref("id")})`.as(
+            "rank",
+          ),
+          sql<number | string>`count(*) over (partition by ${customerOf})`.as("size"),
+        ])
+        .where("deletedAt", "is", null),
+    )
+    .selectFrom((qb) =>
+      qb
+        .selectFrom("live")
         .select((eb) => [
           eb.fn.countAll().as("contacts"),
-          eb.fn.count(customerOf).distinct().as("customers"),
+          eb.fn.count(eb.case().when("rank", "=", 1).then(1).end()).as("customers"),
         ])
-        .where("deletedAt", "is", null)
         .as("totals"),
     )
     .leftJoin(
       (qb) =>
         qb
-          .selectFrom("Contact")
-          .select((eb) => [customerOf.as("customerKey"), eb.fn.countAll().as("size")])
-          .where("deletedAt", "is", null)
-          .groupBy(customerOf)
+          .selectFrom("live")
+          .select(["id as primaryContactId", "size"])
+          .where("rank", "=", 1)
           .orderBy("size", "desc")
-          .orderBy("customerKey", "asc")
+          .orderBy("id", "asc")
           .limit(1)
           .as("largest"),
       (join) => join.onTrue(),
     )
-    .select((eb) => [
-      "totals.contacts",
-      "totals.customers",
-      "largest.size",
-      // The id the API answers with: the primary if it is live, else the oldest live row.
-      eb
-        .selectFrom("Contact as member")
-        .select("member.id")
-        .where("member.deletedAt", "is", null)
-        .where((member) =>
-          member.or([
-            member("member.id", "=", member.ref("largest.customerKey")),
-            member("member.linkedId", "=", member.ref("largest.customerKey")),
-          ]),
-        )
-        .orderBy((member) =>
-          member
-            .case()
-            .when("member.id", "=", member.ref("largest.customerKey"))
-            .then(0)
-            .else(1)
-            .end(),
-        )
-        .orderBy("member.createdAt")
-        .orderBy("member.id")
-        .limit(1)
-        .as("primaryContactId"),
-    ])
+    .select(["totals.contacts", "totals.customers", "largest.primaryContactId", "largest.size"])
     .executeTakeFirstOrThrow();
   // PostgreSQL returns counts (bigint) as strings.
   return {

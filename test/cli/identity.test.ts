@@ -470,38 +470,58 @@ for (const dialect of dialectsUnderTest()) {
       await test.drop();
     });
 
-    it("counts the customer while a row lives and names it by the row that stands in, as the API answers", async () => {
+    it("counts the customer while a row lives, names it by the row that stands in as the API answers, and breaks ties on that id", async () => {
       const service = new IdentifyService(new SqlContactStore(database), new NoCache());
-      // G has five rows; its primary is then soft-deleted. H has three live rows.
-      const g = await service.identify({ email: "g@hillvalley.edu", phoneNumber: "700000" });
-      for (const email of [
-        "g1@hillvalley.edu",
-        "g2@hillvalley.edu",
-        "g3@hillvalley.edu",
-        "g4@hillvalley.edu",
-      ]) {
-        await service.identify({ email, phoneNumber: "700000" });
-      }
-      await service.identify({ email: "h@hillvalley.edu", phoneNumber: "800000" });
-      await service.identify({ email: "h1@hillvalley.edu", phoneNumber: "800000" });
-      await service.identify({ email: "h2@hillvalley.edu", phoneNumber: "800000" });
-      const primary = g.customer.primaryContactId;
-      const deletedAt = dialect === "sqlite" ? new Date().toISOString() : new Date();
+      const time = (ms: number) =>
+        dialect === "sqlite" ? new Date(ms).toISOString() : new Date(ms);
+      const add = async (email: string, phoneNumber: string) => {
+        const { customer } = await service.identify({ email, phoneNumber });
+        return customer.secondaryContactIds.at(-1) ?? customer.primaryContactId;
+      };
+      // G's primary first, then H with four rows, then G's four secondaries.
+      const g = await add("g@hillvalley.edu", "700000");
+      const h = await add("h@hillvalley.edu", "800000");
+      await add("h1@hillvalley.edu", "800000");
+      await add("h2@hillvalley.edu", "800000");
+      const h3 = await add("h3@hillvalley.edu", "800000");
+      await add("g1@hillvalley.edu", "700000");
+      await add("g2@hillvalley.edu", "700000");
+      const g3 = await add("g3@hillvalley.edu", "700000");
+      await add("g4@hillvalley.edu", "700000");
+      // G's primary is soft-deleted; its oldest live row is g3 (older than g1, though a higher id).
       await database.db
         .updateTable("Contact")
-        .set({ deletedAt })
-        .where("id", "=", primary)
+        .set({ deletedAt: time(Date.now()) })
+        .where("id", "=", g)
+        .execute();
+      await database.db
+        .updateTable("Contact")
+        .set({ createdAt: time(Date.UTC(2020, 0, 1)) })
+        .where("id", "=", g3)
         .execute();
       const answered = await identity(["lookup", "--phone", "700000"], env());
-      const standIn = (JSON.parse(answered.stdout) as Customer).primaryContactId;
-      assert.notEqual(standIn, primary);
+      assert.equal((JSON.parse(answered.stdout) as Customer).primaryContactId, g3);
 
-      const run = await identity(["stats"], env());
-      assert.equal(run.code, 0, run.stderr);
-      assert.deepEqual(JSON.parse(run.stdout), {
+      const stats = async () => {
+        const run = await identity(["stats"], env());
+        assert.equal(run.code, 0, run.stderr);
+        return JSON.parse(run.stdout) as unknown;
+      };
+      // Four live rows each: the tie goes to the lower id answered (h), not to G's deleted primary.
+      assert.deepEqual(await stats(), {
+        contacts: 8,
+        customers: 2,
+        largestCustomer: { primaryContactId: h, contacts: 4 },
+      });
+      await database.db
+        .updateTable("Contact")
+        .set({ deletedAt: time(Date.now()) })
+        .where("id", "=", h3)
+        .execute();
+      assert.deepEqual(await stats(), {
         contacts: 7,
         customers: 2,
-        largestCustomer: { primaryContactId: standIn, contacts: 4 },
+        largestCustomer: { primaryContactId: g3, contacts: 4 },
       });
     });
 
