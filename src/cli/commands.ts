@@ -328,7 +328,7 @@ export function runMerges(args: readonly string[], ctx: CliContext): Promise<num
   }));
 }
 
-/** `identity stats`: live contacts, customers with a live row and the largest customer, as one line of JSON. */
+/** `identity stats`: live contacts, customers and the largest customer, as one line of JSON. */
 export function runStats(args: readonly string[], ctx: CliContext): Promise<number> {
   return guarded(ctx, async () => {
     if (parseOptions("stats", args, {}).help === true) {

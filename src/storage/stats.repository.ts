@@ -24,15 +24,19 @@ export interface ContactStats {
  */
 export async function readContactStats(db: Kysely<DB>): Promise<ContactStats> {
   const customerOf = sql<number>`coalesce(${sql.ref("linkedId")}, ${sql.ref("id")})`;
+  // 1 for the row the API answers with; the primary first, then by createdAt and id.
+  const seniority = sql<number>`row_number() over (
+    partition by ${customerOf}
+    order by case when ${sql.ref("id")} = ${customerOf} then 0 else 1 end,
+      ${sql.ref("createdAt")}, ${sql.ref("id")}
+  )`;
   const row = await db
     .with("live", (qb) =>
       qb
         .selectFrom("Contact")
         .select([
           "id",
-          sql<number>`row_number() over (partition by ${customerOf} order by case when ${sql.ref("id")} = ${customerOf} then 0 else 1 end, ${sql.ref("createdAt")}, ${sql.ref("id")})`.as(
-            "rank",
-          ),
+          seniority.as("seniority"),
           sql<number | string>`count(*) over (partition by ${customerOf})`.as("size"),
         ])
         .where("deletedAt", "is", null),
@@ -42,7 +46,7 @@ export async function readContactStats(db: Kysely<DB>): Promise<ContactStats> {
         .selectFrom("live")
         .select((eb) => [
           eb.fn.countAll().as("contacts"),
-          eb.fn.count(eb.case().when("rank", "=", 1).then(1).end()).as("customers"),
+          eb.fn.count(eb.case().when("seniority", "=", 1).then(1).end()).as("customers"),
         ])
         .as("totals"),
     )
@@ -51,7 +55,7 @@ export async function readContactStats(db: Kysely<DB>): Promise<ContactStats> {
         qb
           .selectFrom("live")
           .select(["id as primaryContactId", "size"])
-          .where("rank", "=", 1)
+          .where("seniority", "=", 1)
           .orderBy("size", "desc")
           .orderBy("id", "asc")
           .limit(1)
