@@ -16,6 +16,7 @@ import {
   allContacts,
   createTestDatabase,
   dialectsUnderTest,
+  migratedDatabaseForSuite,
   openMigrated,
 } from "../support/databases.js";
 import type { TestDatabase } from "../support/databases.js";
@@ -457,21 +458,10 @@ for (const dialect of dialectsUnderTest()) {
 
 for (const dialect of dialectsUnderTest()) {
   describe(`identity stats on ${dialect}, with a soft-deleted primary`, () => {
-    let test: TestDatabase;
-    let database: Database;
-
-    before(async () => {
-      test = await createTestDatabase(dialect);
-      database = await openMigrated(test);
-    });
-
-    after(async () => {
-      await database.destroy();
-      await test.drop();
-    });
+    const suite = migratedDatabaseForSuite(dialect);
 
     it("counts the customer while a row lives, names it by the row that stands in as the API answers, and breaks ties on that id", async () => {
-      const service = new IdentifyService(new SqlContactStore(database), new NoCache());
+      const service = new IdentifyService(new SqlContactStore(suite.database), new NoCache());
       const time = (ms: number) =>
         dialect === "sqlite" ? new Date(ms).toISOString() : new Date(ms);
       const add = async (email: string, phoneNumber: string) => {
@@ -489,12 +479,12 @@ for (const dialect of dialectsUnderTest()) {
       const g3 = await add("g3@hillvalley.edu", "700000");
       await add("g4@hillvalley.edu", "700000");
       // G's primary is soft-deleted; its oldest live row is g3 (older than g1, though a higher id).
-      await database.db
+      await suite.database.db
         .updateTable("Contact")
         .set({ deletedAt: time(Date.now()) })
         .where("id", "=", g)
         .execute();
-      await database.db
+      await suite.database.db
         .updateTable("Contact")
         .set({ createdAt: time(Date.UTC(2020, 0, 1)) })
         .where("id", "=", g3)
@@ -513,7 +503,7 @@ for (const dialect of dialectsUnderTest()) {
         customers: 2,
         largestCustomer: { primaryContactId: h, contacts: 4 },
       });
-      await database.db
+      await suite.database.db
         .updateTable("Contact")
         .set({ deletedAt: time(Date.now()) })
         .where("id", "=", h3)
@@ -526,7 +516,7 @@ for (const dialect of dialectsUnderTest()) {
     });
 
     function env(): Record<string, string> {
-      return { DATABASE_URL: test.url };
+      return { DATABASE_URL: suite.test.url };
     }
   });
 }
