@@ -7,7 +7,7 @@ import type { Database } from "../../src/storage/database.js";
 import { migrateToLatest } from "../../src/storage/migrate.js";
 import { createContact } from "../../src/storage/migrations/0001-create-contact.js";
 import { createContactMerge } from "../../src/storage/migrations/0002-create-contact-merge.js";
-import { createTestDatabase, dialectsUnderTest } from "../support/databases.js";
+import { createTestDatabase, databaseForSuite, dialectsUnderTest } from "../support/databases.js";
 import { runMigrate } from "../support/server.js";
 import type { TestDatabase } from "../support/databases.js";
 
@@ -144,20 +144,24 @@ for (const dialect of dialectsUnderTest()) {
 
 if (dialectsUnderTest().includes("mysql")) {
   describe("the MySQL/MariaDB migration after an interrupted run (each DDL statement commits alone)", () => {
-    let test: TestDatabase;
-    let database: Database;
+    // Unmigrated: each test makes the state an interrupted run leaves.
+    const suite = databaseForSuite("mysql", (test) =>
+      openDatabase(test.target, { poolSize: 2, lockTimeoutMs: 5000 }),
+    );
 
-    before(async () => {
-      test = await createTestDatabase("mysql");
-      database = openDatabase(test.target, { poolSize: 2, lockTimeoutMs: 5000 });
-    });
+    /** Runs `work` on a connection to another new, unmigrated database, dropped afterwards. */
+    async function withOtherDatabase(work: (other: Database) => Promise<void>): Promise<void> {
+      const other = await createTestDatabase("mysql");
+      const database = openDatabase(other.target, { poolSize: 1, lockTimeoutMs: 5000 });
+      try {
+        await work(database);
+      } finally {
+        await database.destroy();
+        await other.drop();
+      }
+    }
 
-    after(async () => {
-      await database.destroy();
-      await test.drop();
-    });
-
-    async function schemaObjects(on = database, table = "Contact"): Promise<string[]> {
+    async function schemaObjects(on = suite.database, table = "Contact"): Promise<string[]> {
       const indexes = await sql<{ name: string }>`
         select index_name as name from information_schema.statistics
         where table_schema = database() and table_name = ${table}`.execute(on.db);
@@ -169,18 +173,20 @@ if (dialectsUnderTest().includes("mysql")) {
 
     it("finishes what the interrupted run left undone, once", async () => {
       // The state a crash after CREATE TABLE and the first index leaves: no migration recorded.
-      await createContact("mysql").up(database.db);
+      await createContact("mysql").up(suite.database.db);
       const complete = await schemaObjects();
-      await sql`alter table Contact drop foreign key Contact_linkedId_fk`.execute(database.db);
-      await sql`drop index Contact_linkedId_idx on Contact`.execute(database.db);
-      await sql`drop index Contact_phoneNumber_idx on Contact`.execute(database.db);
+      await sql`alter table Contact drop foreign key Contact_linkedId_fk`.execute(
+        suite.database.db,
+      );
+      await sql`drop index Contact_linkedId_idx on Contact`.execute(suite.database.db);
+      await sql`drop index Contact_phoneNumber_idx on Contact`.execute(suite.database.db);
       assert.deepEqual(await schemaObjects(), [
         "Contact_email_idx",
         "Contact_link_check",
         "PRIMARY",
       ]);
 
-      assert.deepEqual(await migrateToLatest(database), [
+      assert.deepEqual(await migrateToLatest(suite.database), [
         "0001-create-contact",
         "0002-create-contact-merge",
       ]);
@@ -193,13 +199,11 @@ if (dialectsUnderTest().includes("mysql")) {
         "Contact_phoneNumber_idx",
         "PRIMARY",
       ]);
-      assert.deepEqual(await migrateToLatest(database), []);
+      assert.deepEqual(await migrateToLatest(suite.database), []);
     });
 
     it("finishes an interrupted merge log migration too", async () => {
-      const other = await createTestDatabase("mysql");
-      const resumed = openDatabase(other.target, { poolSize: 1, lockTimeoutMs: 5000 });
-      try {
+      await withOtherDatabase(async (resumed) => {
         await createContact("mysql").up(resumed.db);
         await createContactMerge("mysql").up(resumed.db);
         await sql`drop index ContactMerge_mergedId_idx on ContactMerge`.execute(resumed.db);
@@ -213,24 +217,16 @@ if (dialectsUnderTest().includes("mysql")) {
           "ContactMerge_winnerId_idx",
           "PRIMARY",
         ]);
-      } finally {
-        await resumed.destroy();
-        await other.drop();
-      }
+      });
     });
 
     it("refuses to adopt a Contact table it did not create", async () => {
-      const other = await createTestDatabase("mysql");
-      const foreign = openDatabase(other.target, { poolSize: 1, lockTimeoutMs: 5000 });
-      try {
+      await withOtherDatabase(async (foreign) => {
         await sql`create table Contact (id integer primary key, email varchar(10))`.execute(
           foreign.db,
         );
         await assert.rejects(migrateToLatest(foreign), /did not create/);
-      } finally {
-        await foreign.destroy();
-        await other.drop();
-      }
+      });
     });
   });
 }

@@ -1,26 +1,15 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
 import { readFileSync } from "node:fs";
-import { after, before, describe, it } from "node:test";
+import { describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { openDatabase } from "../../src/storage/database.js";
-import type { Database } from "../../src/storage/database.js";
-import { createTestDatabase } from "../support/databases.js";
-import type { TestDatabase } from "../support/databases.js";
+import { databaseForSuite } from "../support/databases.js";
 
 describe("SQLite checkpointer thread", () => {
-  let test: TestDatabase;
-  let database: Database;
-
-  before(async () => {
-    test = await createTestDatabase("sqlite");
-    database = openDatabase(test.target, { poolSize: 1, lockTimeoutMs: 5000 });
-  });
-
-  after(async () => {
-    await database.destroy();
-    await test.drop();
-  });
+  const suite = databaseForSuite("sqlite", (test) =>
+    openDatabase(test.target, { poolSize: 1, lockTimeoutMs: 5000 }),
+  );
 
   /**
    * Frames in the WAL now: mxFrame of the WAL-index header, at byte 16 of the -shm file (SQLite's
@@ -28,14 +17,15 @@ describe("SQLite checkpointer thread", () => {
    * do the thread's work.
    */
   function walFrames(): number {
-    if (test.target.dialect !== "sqlite") {
+    const { target } = suite.test;
+    if (target.dialect !== "sqlite") {
       throw new Error("SQLite only");
     }
-    return readFileSync(`${test.target.path}-shm`).readUInt32LE(16);
+    return readFileSync(`${target.path}-shm`).readUInt32LE(16);
   }
 
   it("checkpoints the WAL and has it restarted, where the connection alone would let it grow", async () => {
-    const session = database.sqlite;
+    const session = suite.database.sqlite;
     assert.ok(session !== null);
     await session.write(() =>
       Promise.resolve(session.run({ sql: "create table blob (data blob)", parameters: [] })),

@@ -108,10 +108,13 @@ export async function createTestDatabase(
 }
 
 /**
- * Call inside a describe: its tests get a fresh migrated database of `dialect` (created before
- * them, dropped after them) as `suite.test` and `suite.database`.
+ * Call inside a describe: its tests get a fresh test database of `dialect` (created before them,
+ * dropped after them) as `suite.test`, and the connection `open` makes to it as `suite.database`.
  */
-export function migratedDatabaseForSuite(dialect: DialectName): {
+export function databaseForSuite(
+  dialect: DialectName,
+  open: (test: TestDatabase) => Database | Promise<Database>,
+): {
   readonly test: TestDatabase;
   readonly database: Database;
 } {
@@ -119,7 +122,7 @@ export function migratedDatabaseForSuite(dialect: DialectName): {
   let database: Database | undefined;
   before(async () => {
     test = await createTestDatabase(dialect);
-    database = await openMigrated(test);
+    database = await open(test);
   });
   after(async () => {
     await database?.destroy();
@@ -139,6 +142,14 @@ export function migratedDatabaseForSuite(dialect: DialectName): {
       return database;
     },
   };
+}
+
+/** databaseForSuite with a migrated connection (openMigrated). */
+export function migratedDatabaseForSuite(dialect: DialectName): {
+  readonly test: TestDatabase;
+  readonly database: Database;
+} {
+  return databaseForSuite(dialect, (test) => openMigrated(test));
 }
 
 /** Opens a migrated connection to a test database. */
