@@ -11,18 +11,25 @@ export interface ContactReader {
   findCustomers(request: IdentifyRequest): Promise<Contact[]>;
 }
 
-/** The operations available inside a locked write transaction. */
-export interface ContactTransaction extends ContactReader {
+/**
+ * The operations available inside a locked write transaction. Where the database allows
+ * (PostgreSQL), statements that need no answer of another share a round trip: BEGIN, the
+ * identifier locks and the first `lockAndFind`; a plan's writes and COMMIT.
+ */
+export interface ContactTransaction {
   /**
-   * Locks the row `primaryId` until the transaction ends. Every change to a customer (a new
-   * secondary, a demotion, a relink) happens under the lock of its primary.
+   * Locks the rows of `primaryIds` until the transaction ends, then reads the customers of
+   * `request` (as ContactReader.findCustomers), seeing every change committed before the locks
+   * were granted. Every change to a customer (a new secondary, a demotion, a relink) happens
+   * under the lock of its primary.
    */
-  lockCustomer(primaryId: number): Promise<void>;
+  lockAndFind(primaryIds: readonly number[], request: IdentifyRequest): Promise<Contact[]>;
   /**
-   * Writes the plan of `request` (a merge is logged with the request's identifiers); returns the
-   * inserted row, if the plan inserts one.
+   * Writes the plan of `request` (a merge is logged with the request's identifiers) and ends
+   * the transaction: the work's last call. Returns the inserted row, if the plan inserts one,
+   * once the writes are committed (SQLite: once they are in the batch that commits).
    */
-  apply(plan: ReconcilePlan, now: number, request: IdentifyRequest): Promise<Contact | null>;
+  commit(plan: ReconcilePlan, now: number, request: IdentifyRequest): Promise<Contact | null>;
 }
 
 /** The Contact table. Implementations must hold across processes, not only within one. */

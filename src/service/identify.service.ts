@@ -81,16 +81,15 @@ export class IdentifyService {
           if (round >= MAX_LOCK_ROUNDS) {
             throw new RetryTransactionError("customers kept changing while being locked");
           }
+          rows = await tx.lockAndFind(unlocked, request);
           for (const primaryId of unlocked) {
-            await tx.lockCustomer(primaryId);
             locked.add(primaryId);
           }
-          rows = await tx.findCustomers(request);
         }
 
         const now = this.clock();
         const plan = planIdentify(request, rows, now);
-        const inserted = await tx.apply(plan, now, request);
+        const inserted = await tx.commit(plan, now, request);
         const primaryId = plan.winnerId ?? inserted?.id;
         if (primaryId === undefined) {
           throw new Error("unreachable: a plan without a winner inserts a primary");

@@ -7,7 +7,7 @@ import type { ReconcilePlan } from "../domain/reconcile.js";
 import { RetryTransactionError } from "../service/contact-store.js";
 import type { ContactStore, ContactTransaction } from "../service/contact-store.js";
 import { lockTimeoutSeconds } from "./database.js";
-import type { Database, DialectName } from "./database.js";
+import type { Database, DialectName, Send } from "./database.js";
 import { asDatabaseError, DatabaseError } from "./errors.js";
 import { FixedStatement } from "./fixed-statement.js";
 import type { ContactRow, DB, MergeKind } from "./schema.js";
@@ -211,9 +211,6 @@ function compileStatements(db: Kysely<DB>, dialect: DialectName, lockTimeout: nu
   return { findCustomers, lockCustomer, promote, relink, logMerge, insert, lockIdentifiers };
 }
 
-/** Runs one compiled statement: on a Kysely connection, or on the SQLite session directly. */
-type Execute = (query: CompiledQuery) => Promise<{ rows: unknown[]; insertId?: bigint }>;
-
 /** The rows as contacts, each id once. */
 function rowsToContacts(rows: unknown[]): Contact[] {
   const contacts: Contact[] = [];
@@ -227,62 +224,96 @@ function rowsToContacts(rows: unknown[]): Contact[] {
   return contacts;
 }
 
+const BEGIN = CompiledQuery.raw("begin");
+const COMMIT = CompiledQuery.raw("commit");
+const ROLLBACK = CompiledQuery.raw("rollback");
+const RELEASE_LOCKS = CompiledQuery.raw("select release_all_locks()");
+
+type Result = Awaited<ReturnType<Send>>;
+
+/**
+ * The statements of one transaction, in order. Pipelined (PostgreSQL), each goes out at once,
+ * behind those not yet answered, so that statements which need no answer of another share a round
+ * trip; the server runs them in order, and after an error it only rolls back. Otherwise (MySQL,
+ * whose COMMIT would keep the statements before a failed one; SQLite) each goes out once the one
+ * before it has succeeded. Either way a statement's promise settles only after every earlier one
+ * has succeeded: a transaction fails with its first error, never a later "transaction aborted".
+ */
+class StatementQueue {
+  private last: Promise<unknown> = Promise.resolve();
+  private failed = false;
+
+  constructor(
+    private readonly send: Send,
+    private readonly pipelined: boolean,
+  ) {}
+
+  /** `check` judges the result (MySQL's GET_LOCK answers 0 on a timeout) before later ones settle. */
+  run(query: CompiledQuery, doing: string, check?: (result: Result) => void): Promise<Result> {
+    const sent =
+      this.pipelined && !this.failed ? this.send(query) : this.last.then(() => this.send(query));
+    sent.catch(() => undefined);
+    const settled = this.last
+      .then(() => sent)
+      .then((result) => {
+        check?.(result);
+        return result;
+      })
+      .catch((error: unknown) => {
+        this.failed = true;
+        throw asDatabaseError(error, doing);
+      });
+    // Whoever needs the result awaits it; the statements after it fail with it either way.
+    settled.catch(() => undefined);
+    this.last = settled;
+    return settled;
+  }
+}
+
 class SqlContactTransaction implements ContactTransaction {
+  /** Set once the work's writes and its COMMIT are sent. */
+  committed = false;
+
   constructor(
     private readonly statements: Statements,
-    private readonly execute: Execute,
+    private readonly queue: StatementQueue,
     private readonly dialect: DialectName,
   ) {}
 
-  async findCustomers(request: IdentifyRequest): Promise<Contact[]> {
-    try {
-      const result = await this.execute(
-        this.statements.findCustomers.bind([request.email, request.phoneNumber]),
-      );
-      return rowsToContacts(result.rows);
-    } catch (error) {
-      throw asDatabaseError(error, "reading customers");
-    }
-  }
-
-  async lockCustomer(primaryId: number): Promise<void> {
+  async lockAndFind(primaryIds: readonly number[], request: IdentifyRequest): Promise<Contact[]> {
     // SQLite: BEGIN IMMEDIATE already holds the only write lock there is.
-    if (this.dialect === "sqlite") {
-      return;
+    if (this.dialect !== "sqlite") {
+      for (const id of primaryIds) {
+        void this.queue.run(this.statements.lockCustomer.bind([id]), "locking a customer");
+      }
     }
-    try {
-      await this.execute(this.statements.lockCustomer.bind([primaryId]));
-    } catch (error) {
-      throw asDatabaseError(error, "locking a customer");
-    }
-  }
-
-  async apply(plan: ReconcilePlan, now: number, request: IdentifyRequest): Promise<Contact | null> {
-    try {
-      return await this.write(plan, now, request);
-    } catch (error) {
-      throw asDatabaseError(error, "writing a plan");
-    }
+    const result = await this.queue.run(
+      this.statements.findCustomers.bind([request.email, request.phoneNumber]),
+      "reading customers",
+    );
+    return rowsToContacts(result.rows);
   }
 
   private time(ms: number): Time {
     return this.dialect === "sqlite" ? new Date(ms).toISOString() : new Date(ms);
   }
 
-  private async write(
+  /** Sends the plan's writes and, on the servers, COMMIT behind them. */
+  async commit(
     plan: ReconcilePlan,
     now: number,
     request: IdentifyRequest,
   ): Promise<Contact | null> {
-    const { winnerId } = plan;
+    const { winnerId, insert } = plan;
     const updatedAt = this.time(now);
+    const doing = "writing a plan";
     if (winnerId !== null && plan.promotedFrom !== null) {
-      await this.execute(this.statements.promote.bind([winnerId, updatedAt]));
+      void this.queue.run(this.statements.promote.bind([winnerId, updatedAt]), doing);
     }
     if (winnerId !== null) {
       for (const group of plan.relinkGroups) {
-        await this.execute(this.statements.relink.bind([winnerId, group, updatedAt]));
-        await this.execute(
+        void this.queue.run(this.statements.relink.bind([winnerId, group, updatedAt]), doing);
+        void this.queue.run(
           this.statements.logMerge.bind([
             winnerId,
             group,
@@ -291,23 +322,32 @@ class SqlContactTransaction implements ContactTransaction {
             request.phoneNumber,
             updatedAt,
           ]),
+          doing,
         );
       }
     }
-    const { insert } = plan;
-    if (insert === null) {
+    const linkPrecedence = winnerId === null ? "primary" : "secondary";
+    const inserted =
+      insert === null
+        ? null
+        : this.queue.run(
+            this.statements.insert.bind([
+              insert.email,
+              insert.phoneNumber,
+              winnerId,
+              linkPrecedence,
+              this.time(insert.createdAt),
+            ]),
+            doing,
+          );
+    // SQLite: the session's batch commits.
+    const committed = this.dialect === "sqlite" ? null : this.queue.run(COMMIT, "committing");
+    this.committed = true;
+    const result = inserted === null ? null : await inserted;
+    await committed;
+    if (insert === null || result === null) {
       return null;
     }
-    const linkPrecedence = winnerId === null ? "primary" : "secondary";
-    const result = await this.execute(
-      this.statements.insert.bind([
-        insert.email,
-        insert.phoneNumber,
-        winnerId,
-        linkPrecedence,
-        this.time(insert.createdAt),
-      ]),
-    );
     const id =
       this.dialect === "mysql"
         ? Number(result.insertId)
@@ -325,11 +365,6 @@ class SqlContactTransaction implements ContactTransaction {
     };
   }
 }
-
-const BEGIN = CompiledQuery.raw("begin");
-const COMMIT = CompiledQuery.raw("commit");
-const ROLLBACK = CompiledQuery.raw("rollback");
-const RELEASE_LOCKS = CompiledQuery.raw("select release_all_locks()");
 
 /**
  * The Contact table in SQLite, MySQL/MariaDB or PostgreSQL.
@@ -400,17 +435,24 @@ export class SqlContactStore implements ContactStore {
     digests: readonly string[],
     work: (tx: ContactTransaction) => Promise<T>,
   ): Promise<T> {
-    const { dialect, sqlite } = this.database;
+    const { dialect, sqlite, postgres } = this.database;
     if (sqlite !== null) {
       // One writer: BEGIN IMMEDIATE of the session's batch is the lock (group commit).
-      const execute: Execute = (query) => Promise.resolve({ rows: sqlite.run(query) });
-      return sqlite.write(() => work(new SqlContactTransaction(this.statements, execute, dialect)));
+      const send: Send = (query) => Promise.resolve({ rows: sqlite.run(query) });
+      const queue = new StatementQueue(send, false);
+      return sqlite.write(() => work(new SqlContactTransaction(this.statements, queue, dialect)));
     }
     const attempt = { connected: false };
     try {
+      if (postgres !== null) {
+        return await postgres.withConnection((send) => {
+          attempt.connected = true;
+          return this.transact(send, true, digests, work);
+        });
+      }
       return await this.database.db.connection().execute((conn) => {
         attempt.connected = true;
-        return this.transact(conn, digests, work);
+        return this.transact((query) => conn.executeQuery(query), false, digests, work);
       });
     } catch (error) {
       // Before the callback ran, the pool could not give a connection (unreachable, timed out).
@@ -418,40 +460,40 @@ export class SqlContactStore implements ContactStore {
     }
   }
 
-  /** One attempt of a write transaction on a pinned connection of a server. */
+  /**
+   * One attempt of a write transaction on a pinned connection of a server. Pipelined, BEGIN and
+   * the identifier locks go out with the work's first statements, and COMMIT with its last.
+   */
   private async transact<T>(
-    conn: Kysely<DB>,
+    send: Send,
+    pipelined: boolean,
     digests: readonly string[],
     work: (tx: ContactTransaction) => Promise<T>,
   ): Promise<T> {
     const { dialect } = this.database;
-    const execute: Execute = (query) => conn.executeQuery(query);
+    const queue = new StatementQueue(send, pipelined);
+    void queue.run(BEGIN, "beginning a transaction");
+    this.lockIdentifiers(queue, digests);
+    const tx = new SqlContactTransaction(this.statements, queue, dialect);
     try {
-      await execute(BEGIN);
-    } catch (error) {
-      throw asDatabaseError(error, "beginning a transaction");
-    }
-    try {
-      await this.lockIdentifiers(execute, digests);
-      const result = await work(new SqlContactTransaction(this.statements, execute, dialect));
-      try {
-        await execute(COMMIT);
-      } catch (error) {
-        throw asDatabaseError(error, "committing");
+      const result = await work(tx);
+      if (!tx.committed) {
+        await queue.run(COMMIT, "committing");
       }
       return result;
     } catch (error) {
-      await execute(ROLLBACK).catch(() => undefined);
+      // Past the queue, which sends nothing after a failure.
+      await send(ROLLBACK).catch(() => undefined);
       throw error;
     } finally {
       if (dialect === "mysql") {
         // Named locks belong to the session, not the transaction: release them after COMMIT.
-        await execute(RELEASE_LOCKS).catch(() => undefined);
+        await send(RELEASE_LOCKS).catch(() => undefined);
       }
     }
   }
 
-  private async lockIdentifiers(execute: Execute, digests: readonly string[]): Promise<void> {
+  private lockIdentifiers(queue: StatementQueue, digests: readonly string[]): void {
     const { dialect } = this.database;
     if (digests.length === 0) {
       return;
@@ -462,18 +504,20 @@ export class SqlContactStore implements ContactStore {
       dialect === "postgres"
         ? (digest: string) => BigInt.asIntN(64, BigInt(`0x${digest.slice(0, 16)}`)).toString()
         : (digest: string) => `identity:${digest.slice(0, 48)}`;
-    try {
-      const result = await execute(
-        this.statements.lockIdentifiers.bind([lockKey(first), lockKey(second)]),
-      );
-      if (dialect === "mysql") {
-        const row = result.rows[0] as { a: number | null; b: number | null } | undefined;
-        if (row?.a !== 1 || row.b !== 1) {
-          throw new LockTimeoutError();
-        }
-      }
-    } catch (error) {
-      throw asDatabaseError(error, "locking identifiers");
-    }
+    // MySQL's GET_LOCK answers 0, not an error, when it times out.
+    const check =
+      dialect === "mysql"
+        ? (result: Result) => {
+            const row = result.rows[0] as { a: number | null; b: number | null } | undefined;
+            if (row?.a !== 1 || row.b !== 1) {
+              throw new LockTimeoutError();
+            }
+          }
+        : undefined;
+    void queue.run(
+      this.statements.lockIdentifiers.bind([lockKey(first), lockKey(second)]),
+      "locking identifiers",
+      check,
+    );
   }
 }

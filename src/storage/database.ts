@@ -39,8 +39,11 @@ export interface DatabaseOptions {
   readonly lockTimeoutMs: number;
   /** SQLite only: FULL syncs the WAL at every COMMIT; NORMAL (default) at checkpoints. */
   readonly sqliteSynchronous?: "full" | "normal";
-  /** Told every statement sent, with its parameters (for tests and diagnostics). */
-  readonly onStatement?: (sql: string, parameters: readonly unknown[]) => void;
+  /**
+   * Told every statement sent, with its parameters (for tests and diagnostics). `pipelined`: it
+   * went out behind statements of its connection not yet answered, in their round trip.
+   */
+  readonly onStatement?: (sql: string, parameters: readonly unknown[], pipelined: boolean) => void;
   /** Told when SQLite's checkpointer thread fails; the connection then checkpoints by itself. */
   readonly onCheckpointError?: (error: Error) => void;
   /** Told when the server drops an idle pooled connection (PostgreSQL); nothing is lost. */
@@ -63,6 +66,8 @@ export interface Database {
   readonly description: string;
   /** SQLite: the connection, for the contact store's group commit; null on the servers. */
   readonly sqlite: SqliteSession | null;
+  /** PostgreSQL: pinned connections that pipeline statements; null on the others. */
+  readonly postgres: PostgresPipelines | null;
   /** The connection pool right now (SQLite: one connection, reported as idle). */
   poolStats(): PoolStats;
   destroy(): Promise<void>;
@@ -125,12 +130,28 @@ export function lockTimeoutSeconds(options: DatabaseOptions): number {
   return Math.max(1, Math.ceil(options.lockTimeoutMs / 1000));
 }
 
+/** Runs one statement; resolves with its rows (and MySQL's insert id) when it is answered. */
+export type Send = (query: CompiledQuery) => Promise<{ rows: unknown[]; insertId?: bigint }>;
+
+/**
+ * PostgreSQL connections in pipeline mode: `send` writes a statement at once, even while earlier
+ * ones of the connection are unanswered, and the server runs them in order, so statements that
+ * do not depend on each other's results share one round trip.
+ */
+export interface PostgresPipelines {
+  /** Runs `work` on a connection of the pool, pinned to it until `work` settles. */
+  withConnection<T>(work: (send: Send) => Promise<T>): Promise<T>;
+}
+
 interface Created {
   readonly dialect: Dialect;
   readonly poolStats: () => PoolStats;
   readonly sqlite?: SqliteSession;
+  readonly postgres?: PostgresPipelines;
   /** SQLite: stops the checkpointer and closes the connection; later transactions reject. */
   readonly stop?: () => Promise<void>;
+  /** Run after Kysely is destroyed (PostgreSQL: ends the pool if only the pipelines used it). */
+  readonly afterDestroy?: () => Promise<void>;
 }
 
 /** SQLite: the WAL size at which the checkpointer thread restarts it (pages of 4 KiB). */
@@ -237,33 +258,72 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Create
     }
     case "postgres": {
       let pool: pg.Pool | null = null;
+      const open = async (): Promise<pg.Pool> => {
+        const { Pool, Client } = (await import("pg")).default;
+        pool = new Pool({
+          Client: preparingClient(Client),
+          connectionString: target.url,
+          max: options.poolSize,
+          connectionTimeoutMillis: 5000,
+          // Statements go out as soon as they are sent, not after the previous one is answered
+          // (PostgresPipelines). Kysely sends one at a time on a connection anyway.
+          pipeline: true,
+          // Connections are renewed every few minutes, so that no prepared statement keeps a
+          // plan made when the table was small for longer than that (autovacuum's ANALYZE
+          // re-plans them sooner; it is on by default).
+          maxLifetimeSeconds: 300,
+          // enable_seqscan=off: each prepared statement is planned once per connection for
+          // any values, and a plan made while the table is new and empty scans it, for every
+          // read, until the table is analyzed. Every statement of the service is served by
+          // an index (test/storage/statements.test.ts), so the planner is told to prefer one
+          // whatever the statistics say. A statement no index can serve is still planned
+          // (as a scan).
+          options: `-c lock_timeout=${options.lockTimeoutMs} -c default_transaction_isolation=read\\ committed -c enable_seqscan=off`,
+        });
+        // An idle connection that the server drops (a restart, a failover) must not crash the
+        // process: the pool discards it, and the next query opens a new one.
+        pool.on("error", (error) => options.onIdleConnectionError?.(error));
+        return pool;
+      };
+      // One pool for Kysely and the pipelines, opened by whichever asks first.
+      let opening: Promise<pg.Pool> | null = null;
+      const shared = (): Promise<pg.Pool> => (opening ??= open());
       return {
-        dialect: new PostgresDialect({
-          pool: async () => {
-            const { Pool, Client } = (await import("pg")).default;
-            pool = new Pool({
-              Client: preparingClient(Client),
-              connectionString: target.url,
-              max: options.poolSize,
-              connectionTimeoutMillis: 5000,
-              // Connections are renewed every few minutes, so that no prepared statement keeps a
-              // plan made when the table was small for longer than that (autovacuum's ANALYZE
-              // re-plans them sooner; it is on by default).
-              maxLifetimeSeconds: 300,
-              // enable_seqscan=off: each prepared statement is planned once per connection for
-              // any values, and a plan made while the table is new and empty scans it, for every
-              // read, until the table is analyzed. Every statement of the service is served by
-              // an index (test/storage/statements.test.ts), so the planner is told to prefer one
-              // whatever the statistics say. A statement no index can serve is still planned
-              // (as a scan).
-              options: `-c lock_timeout=${options.lockTimeoutMs} -c default_transaction_isolation=read\\ committed -c enable_seqscan=off`,
-            });
-            // An idle connection that the server drops (a restart, a failover) must not crash the
-            // process: the pool discards it, and the next query opens a new one.
-            pool.on("error", (error) => options.onIdleConnectionError?.(error));
-            return pool;
+        dialect: new PostgresDialect({ pool: shared }),
+        postgres: {
+          withConnection: async (work) => {
+            const client = await (await shared()).connect();
+            let pending = 0;
+            const send: Send = async (query) => {
+              options.onStatement?.(query.sql, query.parameters, pending > 0);
+              pending++;
+              try {
+                const result = await client.query(query.sql, [...query.parameters]);
+                return { rows: result.rows as unknown[] };
+              } finally {
+                pending--;
+              }
+            };
+            let broken: Error | undefined;
+            try {
+              return await work(send);
+            } catch (error) {
+              // A connection whose transaction could not be ended must not go back to the pool.
+              if (pending > 0 || client.getTransactionStatus() !== "I") {
+                broken = error instanceof Error ? error : new Error(String(error));
+              }
+              throw error;
+            } finally {
+              client.release(broken);
+            }
           },
-        }),
+        },
+        afterDestroy: async () => {
+          // Kysely ends the pool only if it used it.
+          if (pool !== null && !pool.ended) {
+            await pool.end();
+          }
+        },
         poolStats: () =>
           pool === null
             ? { inUse: 0, idle: 0, waiting: 0 }
@@ -412,7 +472,7 @@ export function openDatabase(target: DatabaseTarget, options: DatabaseOptions): 
       ? {}
       : {
           log: (event) => {
-            onStatement(event.query.sql, event.query.parameters);
+            onStatement(event.query.sql, event.query.parameters, false);
           },
         }),
   });
@@ -422,11 +482,13 @@ export function openDatabase(target: DatabaseTarget, options: DatabaseOptions): 
     options,
     description: describeTarget(target),
     sqlite: created.sqlite ?? null,
+    postgres: created.postgres ?? null,
     poolStats: created.poolStats,
     destroy: async () => {
       await created.sqlite?.flush();
       await created.stop?.();
       await db.destroy();
+      await created.afterDestroy?.();
     },
   };
 }

@@ -65,12 +65,16 @@ export class SqliteSession {
 
   constructor(
     private readonly prepare: (sql: string) => SqliteDatabase.Statement,
-    private readonly onStatement?: (sql: string, parameters: readonly unknown[]) => void,
+    private readonly onStatement?: (
+      sql: string,
+      parameters: readonly unknown[],
+      pipelined: boolean,
+    ) => void,
   ) {}
 
   /** Runs one statement; returns its rows (none for a statement that returns no rows). */
   run(query: SqlText): unknown[] {
-    this.onStatement?.(query.sql, query.parameters);
+    this.onStatement?.(query.sql, query.parameters, false);
     const statement = this.prepare(query.sql);
     if (statement.reader) {
       return statement.all(query.parameters);

@@ -1,8 +1,14 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
-import { SqlContactStore } from "../../src/storage/contact.store.js";
+import type { IdentifyRequest } from "../../src/domain/contact.js";
+import type { ReconcilePlan } from "../../src/domain/reconcile.js";
+import { IdentifyService } from "../../src/service/identify.service.js";
+import { NoCache } from "../../src/cache/customer-cache.js";
+import { isRetryable, SqlContactStore } from "../../src/storage/contact.store.js";
 import { openDatabase, parseDatabaseUrl } from "../../src/storage/database.js";
+import { migrateToLatest } from "../../src/storage/migrate.js";
 import { DatabaseError } from "../../src/storage/errors.js";
+import { allContacts, databaseForSuite, serverDialectsUnderTest } from "../support/databases.js";
 
 describe("SqlContactStore write transactions", () => {
   // The read before a write can succeed and the pool then fail to give a connection (a failover,
@@ -34,3 +40,100 @@ describe("SqlContactStore write transactions", () => {
     });
   }
 });
+
+const NO_RETRY = { maxAttempts: 1, baseDelayMs: 1, maxDelayMs: 1 };
+
+/**
+ * On PostgreSQL the statements of a transaction go out without waiting for each other's answers
+ * (pipelined); elsewhere one after another. Either way a failure must be the transaction's first
+ * error, and nothing of a failed transaction may be committed.
+ */
+for (const dialect of serverDialectsUnderTest()) {
+  describe(`SqlContactStore failures inside a transaction (${dialect})`, () => {
+    const suite = databaseForSuite(dialect, async (test) => {
+      // MySQL's named locks wait whole seconds: at least 1.
+      const database = openDatabase(test.target, { poolSize: 2, lockTimeoutMs: 300 });
+      await migrateToLatest(database);
+      return database;
+    });
+
+    it("fails with the lock's timeout, not a later statement's error, and the connection goes on", async () => {
+      const { database } = suite;
+      const store = new SqlContactStore(database, NO_RETRY);
+      const request: IdentifyRequest = { email: "held@example.com", phoneNumber: null };
+      let release = (): void => undefined;
+      const released = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      let holding = (): void => undefined;
+      const held = new Promise<void>((resolve) => {
+        holding = resolve;
+      });
+      const holder = store.withLockedTransaction(["email:held@example.com"], async (tx) => {
+        await tx.lockAndFind([], request);
+        holding();
+        await released;
+      });
+      await held;
+      let seen: unknown = null;
+      await assert.rejects(
+        store.withLockedTransaction(["email:held@example.com"], async (tx) => {
+          try {
+            // Sent with BEGIN and the identifier locks, before the lock is refused.
+            await tx.lockAndFind([1, 2], request);
+          } catch (error) {
+            seen = error;
+            throw error;
+          }
+          assert.fail("read without the identifier lock");
+        }),
+        (error: unknown) =>
+          error instanceof DatabaseError &&
+          error.message.startsWith("locking identifiers") &&
+          isRetryable(error),
+      );
+      assert.ok(seen instanceof DatabaseError && seen.message.startsWith("locking identifiers"));
+      release();
+      await holder;
+      // Both connections of the pool still work (neither is left in a transaction).
+      const service = new IdentifyService(store, new NoCache());
+      const answers = await Promise.all([
+        service.identify({ email: "after1@example.com", phoneNumber: null }),
+        service.identify({ email: "after2@example.com", phoneNumber: null }),
+      ]);
+      assert.equal(answers.length, 2);
+    });
+
+    it("commits nothing of a plan whose last write fails", async () => {
+      const { database } = suite;
+      const store = new SqlContactStore(database, NO_RETRY);
+      const service = new IdentifyService(store, new NoCache());
+      const older = await service.identify({ email: "older@example.com", phoneNumber: null });
+      const newer = await service.identify({ email: "newer@example.com", phoneNumber: null });
+      const winner = older.customer.primaryContactId;
+      const merged = newer.customer.primaryContactId;
+      const before = await allContacts(database);
+      const request: IdentifyRequest = { email: "older@example.com", phoneNumber: null };
+      // The relink and the merge log succeed; the insert is longer than the column allows.
+      const plan: ReconcilePlan = {
+        outcome: "merged",
+        winnerId: winner,
+        promotedFrom: null,
+        relinkGroups: [merged],
+        insert: { email: `${"x".repeat(300)}@example.com`, phoneNumber: null, createdAt: 1 },
+        members: [],
+      };
+      await assert.rejects(
+        store.withLockedTransaction(["email:older@example.com"], async (tx) => {
+          await tx.lockAndFind([winner, merged], request);
+          return tx.commit(plan, Date.now(), request);
+        }),
+        (error: unknown) =>
+          error instanceof DatabaseError && error.message.startsWith("writing a plan"),
+      );
+      assert.deepEqual(await allContacts(database), before);
+      const log = await database.db.selectFrom("ContactMerge").selectAll().execute();
+      assert.deepEqual(log, []);
+    });
+  });
+}
