@@ -293,10 +293,21 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Create
         postgres: {
           withConnection: async (work) => {
             const client = await (await shared()).connect();
+            const { stream } = (client as unknown as pg.Client).connection;
             let pending = 0;
+            let corked = false;
             const send: Send = async (query) => {
               options.onStatement?.(query.sql, query.parameters, pending > 0);
               pending++;
+              // The statements sent in one go leave in one write to the socket, not one each.
+              if (!corked) {
+                corked = true;
+                stream.cork();
+                process.nextTick(() => {
+                  corked = false;
+                  stream.uncork();
+                });
+              }
               try {
                 const result = await client.query(query.sql, [...query.parameters]);
                 return { rows: result.rows as unknown[] };
