@@ -1,4 +1,5 @@
 import { createHash } from "node:crypto";
+import { customerHolds } from "../domain/contact.js";
 import type { Customer, IdentifyRequest } from "../domain/contact.js";
 
 /**
@@ -9,6 +10,25 @@ import type { Customer, IdentifyRequest } from "../domain/contact.js";
 export interface CacheLookup {
   readonly customer: Customer | null;
   readonly ticket: FillTicket | null;
+  /**
+   * On a miss without a ticket: the primary ids (ascending) of the cached customers the index
+   * names for some of the request's identifiers, unless one of them holds every value of the
+   * request. Such a request most likely writes to them (it brings a value they lack, or bridges
+   * them), so the service locks them at once instead of reading first. Only a guess: the locked
+   * transaction reads again and locks whatever else it finds.
+   */
+  readonly lead: readonly number[];
+}
+
+/** A miss that knows nothing. */
+export const MISS: CacheLookup = { customer: null, ticket: null, lead: [] };
+
+/** The lead of a miss (CacheLookup.lead) from the cached customers its index names. */
+export function leadOf(customers: readonly Customer[], request: IdentifyRequest): number[] {
+  if (customers.some((customer) => customerHolds(customer, request))) {
+    return [];
+  }
+  return [...new Set(customers.map((customer) => customer.primaryContactId))].sort((a, b) => a - b);
 }
 
 /** A customer's generation as seen before a database read; see CustomerCache.fill. */
@@ -124,7 +144,7 @@ export class NoCache implements CustomerCache {
 
   lookup(): Promise<CacheLookup> {
     this.counters.misses++;
-    return Promise.resolve({ customer: null, ticket: null });
+    return Promise.resolve(MISS);
   }
 
   fill(): Promise<void> {

@@ -2,7 +2,7 @@ import { randomUUID } from "node:crypto";
 import { LRUCache } from "lru-cache";
 import type { Customer, IdentifyRequest } from "../domain/contact.js";
 import { customerHolds, identifierKeys } from "../domain/contact.js";
-import { customerDigest, emptyStats, versionOf } from "./customer-cache.js";
+import { customerDigest, emptyStats, leadOf, MISS, versionOf } from "./customer-cache.js";
 import type { CacheLookup, CacheStats, CustomerCache, FillTicket } from "./customer-cache.js";
 
 export interface MemoryCacheOptions {
@@ -36,23 +36,36 @@ export class MemoryCustomerCache implements CustomerCache {
     const digest = this.indexedDigest(request);
     if (digest === null) {
       this.counters.misses++;
-      return Promise.resolve({ customer: null, ticket: null });
+      return Promise.resolve({ ...MISS, lead: this.lead(request) });
     }
     const entry = this.entries.get(`c:${digest}`);
     if (entry !== undefined && "customer" in entry && customerHolds(entry.customer, request)) {
       this.counters.hits++;
-      return Promise.resolve({ customer: entry.customer, ticket: null });
+      return Promise.resolve({ customer: entry.customer, ticket: null, lead: [] });
     }
     this.counters.misses++;
     if (entry !== undefined && "demoted" in entry) {
-      return Promise.resolve({ customer: null, ticket: null });
+      return Promise.resolve(MISS);
     }
     let generation = this.tokens.get(`g:${digest}`);
     if (generation === undefined) {
       generation = randomUUID();
       this.tokens.set(`g:${digest}`, generation, { ttl: this.ttlMs * 2 });
     }
-    return Promise.resolve({ customer: null, ticket: { digest, generation } });
+    return Promise.resolve({ customer: null, ticket: { digest, generation }, lead: [] });
+  }
+
+  /** CacheLookup.lead: the live cached customers the index names for the request. */
+  private lead(request: IdentifyRequest): number[] {
+    const customers: Customer[] = [];
+    for (const key of identifierKeys(request)) {
+      const digest = this.tokens.get(`i:${key}`);
+      const entry = digest === undefined ? undefined : this.entries.get(`c:${digest}`);
+      if (entry !== undefined && "customer" in entry) {
+        customers.push(entry.customer);
+      }
+    }
+    return leadOf(customers, request);
   }
 
   fill(ticket: FillTicket, customer: Customer, request: IdentifyRequest): Promise<void> {

@@ -5,7 +5,14 @@ import type { RedisOptions } from "ioredis";
 import type { Customer, IdentifyRequest } from "../domain/contact.js";
 import { identifierKeys } from "../domain/contact.js";
 import { customerHolds } from "../domain/contact.js";
-import { customerDigest, emptyStats, identifierDigest, versionOf } from "./customer-cache.js";
+import {
+  customerDigest,
+  emptyStats,
+  identifierDigest,
+  leadOf,
+  MISS,
+  versionOf,
+} from "./customer-cache.js";
 import type { CacheLookup, CacheStats, CustomerCache, FillTicket } from "./customer-cache.js";
 
 export interface RedisCacheOptions {
@@ -31,8 +38,22 @@ export interface CacheEvents {
 // on a miss with a ticket. The customer keys are derived from the index value inside the script.
 const LOOKUP_SCRIPT = `
 local digest = redis.call('GET', KEYS[1])
-if not digest then return nil end
-if KEYS[2] ~= KEYS[1] and redis.call('GET', KEYS[2]) ~= digest then return nil end
+local other = digest
+if KEYS[2] ~= KEYS[1] then other = redis.call('GET', KEYS[2]) end
+if not digest and not other then return nil end
+if digest ~= other then
+  -- Not one customer for every identifier: a miss without a ticket, with the entries of the
+  -- customers the index does name (no tombstone, no floor marker) for the caller's lead.
+  local found = {''}
+  for _, named in ipairs({digest or '', other or ''}) do
+    local entry = named ~= '' and redis.call('GET', ARGV[1] .. named)
+    if entry and not string.find(entry, '"demoted"', 1, true)
+        and not string.find(entry, '"floor"', 1, true) then
+      found[#found + 1] = entry
+    end
+  end
+  return found
+end
 local entry = redis.call('GET', ARGV[1] .. digest)
 -- A floor marker ({"floor":n}, left by a writer whose publication failed) is no answer: a miss
 -- with a ticket, whose fill must bring version n or newer. No customer JSON contains '"floor"'.
@@ -145,7 +166,8 @@ interface ScriptedRedis {
     prefix: string,
     token: string,
     generationTtl: number,
-  ): Promise<[string, string, string?] | null>;
+    // [digest, entry, generation?], or ['', ...entries] when the index names no single customer.
+  ): Promise<[string, ...string[]] | null>;
   identityFill(
     keyCount: number,
     ...keysAndArgs: (string | number)[]
@@ -319,7 +341,7 @@ export class RedisCustomerCache implements CustomerCache {
     const ns = this.namespace;
     if (this.pending.size > 0 || ns === null) {
       this.counters.misses++;
-      return { customer: null, ticket: null };
+      return MISS;
     }
     try {
       const [index1, index2] = this.indexKeys(ns, request);
@@ -333,24 +355,30 @@ export class RedisCustomerCache implements CustomerCache {
       this.markAvailable();
       if (result === null) {
         this.counters.misses++;
-        return { customer: null, ticket: null };
+        return MISS;
       }
-      const [digest, entry, generation] = result;
+      const [digest, ...rest] = result;
+      if (digest === "") {
+        this.counters.misses++;
+        const named = rest.map((found) => JSON.parse(found) as Customer);
+        return { ...MISS, lead: leadOf(named, request) };
+      }
+      const [entry = "", generation] = rest;
       if (entry !== "") {
         const parsed = JSON.parse(entry) as Customer | { demoted: true };
         if ("primaryContactId" in parsed && customerHolds(parsed, request)) {
           this.counters.hits++;
-          return { customer: parsed, ticket: null };
+          return { customer: parsed, ticket: null, lead: [] };
         }
         this.counters.misses++;
-        return { customer: null, ticket: null };
+        return MISS;
       }
       this.counters.misses++;
-      return { customer: null, ticket: generation === undefined ? null : { digest, generation } };
+      return generation === undefined ? MISS : { ...MISS, ticket: { digest, generation } };
     } catch (error) {
       this.failed(error);
       this.counters.misses++;
-      return { customer: null, ticket: null };
+      return MISS;
     }
   }
 

@@ -1,5 +1,5 @@
 import type { CustomerCache } from "../cache/customer-cache.js";
-import type { Customer, IdentifyRequest } from "../domain/contact.js";
+import type { Contact, Customer, IdentifyRequest } from "../domain/contact.js";
 import { identifierKeys } from "../domain/contact.js";
 import { consolidate, matchedGroups, planIdentify } from "../domain/reconcile.js";
 import type { IdentifyOutcome } from "../domain/reconcile.js";
@@ -34,7 +34,9 @@ const MAX_LOCK_ROUNDS = 6;
  * fills the cache, if no writer published that customer meanwhile). Anything else runs in a locked
  * transaction: the request's identifiers are locked first, so no concurrent request can add a row
  * with them; then the primaries of the customers they match are locked, and the customers are
- * read again until every customer seen is locked. From then on nobody else can change those
+ * read again until every customer seen is locked. A miss that names cached customers lacking a
+ * value of the request (CacheLookup.lead) skips the first read: the transaction locks those
+ * customers first, then reads. From then on nobody else can change those
  * customers, so the plan is computed on a stable state. After COMMIT, and before answering, the
  * new state is published to the cache (merged-away primaries become tombstones).
  */
@@ -55,26 +57,33 @@ export class IdentifyService {
       return { customer: lookup.customer, outcome: "unchanged", cached: true };
     }
 
-    const snapshot = await this.store.findCustomers(request);
-    const readOnly = planIdentify(request, snapshot, this.clock());
-    if (readOnly.outcome === "unchanged" && readOnly.winnerId !== null) {
-      const customer = consolidate(readOnly.winnerId, readOnly.members);
-      if (lookup.ticket !== null) {
-        await this.options.beforeCacheFill?.();
-        await this.cache.fill(lookup.ticket, customer, request);
-      } else {
-        await this.cache.hint(request, customer);
+    // With a lead the request most likely writes: no read before the transaction (one round
+    // trip fewer), whose first round locks the lead's customers instead.
+    let snapshot: Contact[] | null = null;
+    if (lookup.lead.length === 0) {
+      snapshot = await this.store.findCustomers(request);
+      const readOnly = planIdentify(request, snapshot, this.clock());
+      if (readOnly.outcome === "unchanged" && readOnly.winnerId !== null) {
+        const customer = consolidate(readOnly.winnerId, readOnly.members);
+        if (lookup.ticket !== null) {
+          await this.options.beforeCacheFill?.();
+          await this.cache.fill(lookup.ticket, customer, request);
+        } else {
+          await this.cache.hint(request, customer);
+        }
+        return { customer, outcome: "unchanged", cached: false };
       }
-      return { customer, outcome: "unchanged", cached: false };
     }
 
     const { customer, plan } = await this.store.withLockedTransaction(
       identifierKeys(request),
       async (tx) => {
         const locked = new Set<number>();
-        let rows = snapshot;
+        let rows = snapshot ?? [];
         for (let round = 0; ; round++) {
-          const unlocked = matchedGroups(request, rows).filter((id) => !locked.has(id));
+          const seen =
+            round === 0 && snapshot === null ? lookup.lead : matchedGroups(request, rows);
+          const unlocked = seen.filter((id) => !locked.has(id));
           if (round > 0 && unlocked.length === 0) {
             break;
           }

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { after, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Redis } from "ioredis";
-import { customerDigest } from "../../src/cache/customer-cache.js";
+import { customerDigest, MISS } from "../../src/cache/customer-cache.js";
 import type { CustomerCache } from "../../src/cache/customer-cache.js";
 import { MemoryCustomerCache } from "../../src/cache/memory.cache.js";
 import { RedisCustomerCache } from "../../src/cache/redis.cache.js";
@@ -86,7 +86,7 @@ for (const adapter of adapters) {
     it("misses without a ticket when the index knows nothing", async () => {
       const cache = await open();
       const { request } = fresh();
-      assert.deepEqual(await cache.lookup(request), { customer: null, ticket: null });
+      assert.deepEqual(await cache.lookup(request), MISS);
       assert.equal(cache.stats().misses, 1);
     });
 
@@ -99,10 +99,11 @@ for (const adapter of adapters) {
       assert.ok(miss.ticket);
       assert.equal(miss.ticket.digest, customerDigest(customer.primaryContactId));
       await cache.fill(miss.ticket, customer, request);
-      assert.deepEqual(await cache.lookup(request), { customer, ticket: null });
+      assert.deepEqual(await cache.lookup(request), { customer, ticket: null, lead: [] });
       assert.deepEqual(await cache.lookup({ email: request.email, phoneNumber: null }), {
         customer,
         ticket: null,
+        lead: [],
       });
       assert.deepEqual(
         { hits: cache.stats().hits, fills: cache.stats().fills },
@@ -133,7 +134,42 @@ for (const adapter of adapters) {
       await cache.hint({ email: null, phoneNumber: b.request.phoneNumber }, b.customer);
       assert.deepEqual(
         await cache.lookup({ email: a.request.email, phoneNumber: b.request.phoneNumber }),
-        { customer: null, ticket: null },
+        MISS,
+      );
+    });
+
+    it("leads to the cached customers the index names, unless one holds every value", async () => {
+      const cache = await open();
+      const a = fresh();
+      const b = fresh();
+      for (const { request, customer } of [a, b]) {
+        await cache.publish(customer, [], request);
+      }
+      const [aId, bId] = [a.customer.primaryContactId, b.customer.primaryContactId];
+      // A new phone for a's customer; a bridge of the two, in ascending id order either way.
+      assert.deepEqual(
+        await cache.lookup({ email: a.request.email, phoneNumber: "+19990000001" }),
+        { ...MISS, lead: [aId] },
+      );
+      assert.deepEqual(
+        await cache.lookup({ email: b.request.email, phoneNumber: a.request.phoneNumber }),
+        { ...MISS, lead: [aId, bId].sort((x, y) => x - y) },
+      );
+      // The phone's index is gone but the customer holds it: nothing to write, no lead.
+      const c = fresh();
+      await cache.publish(c.customer, [], { email: c.request.email, phoneNumber: null });
+      assert.deepEqual(await cache.lookup(c.request), MISS);
+      // A customer merged away is a tombstone, which leads nowhere.
+      const merged: Customer = {
+        ...a.customer,
+        emails: [...a.customer.emails, ...b.customer.emails],
+        phoneNumbers: [...a.customer.phoneNumbers, ...b.customer.phoneNumbers],
+        secondaryContactIds: [bId],
+      };
+      await cache.publish(merged, [bId], a.request);
+      assert.deepEqual(
+        await cache.lookup({ email: b.request.email, phoneNumber: "+19990000002" }),
+        MISS,
       );
     });
 
@@ -190,7 +226,7 @@ for (const adapter of adapters) {
       // A merge demotes this customer: its entry becomes a tombstone, never to be filled again.
       await cache.publish(other.customer, [customer.primaryContactId], other.request);
       await cache.fill(ticket, customer, request);
-      assert.deepEqual(await cache.lookup(request), { customer: null, ticket: null });
+      assert.deepEqual(await cache.lookup(request), MISS);
       await cache.publish(customer, [], request);
       assert.equal(
         (await cache.lookup({ email: request.email, phoneNumber: null })).customer,
@@ -216,7 +252,7 @@ for (const adapter of adapters) {
       };
       await cache.hint(a.request, merged);
       assert.deepEqual((await cache.lookup(a.request)).customer, merged);
-      assert.deepEqual(await cache.lookup(b.request), { customer: null, ticket: null });
+      assert.deepEqual(await cache.lookup(b.request), MISS);
       await cache.hint(b.request, b.customer); // an older read: the tombstone stays
       assert.equal((await cache.lookup(b.request)).customer, null);
       await cache.hint(a.request, a.customer); // an older version: not stored
@@ -246,7 +282,7 @@ for (const adapter of adapters) {
       const cTicket = (await cache.lookup(c.request)).ticket;
       assert.ok(cTicket);
       await cache.fill(cTicket, merged, c.request);
-      assert.deepEqual(await cache.lookup(b.request), { customer: null, ticket: null });
+      assert.deepEqual(await cache.lookup(b.request), MISS);
       assert.deepEqual((await cache.lookup(c.request)).customer, merged);
       assert.equal(cache.stats().repairs, 1);
     });
@@ -442,7 +478,7 @@ if (redisUrl !== null) {
       try {
         const { request, customer } = fresh();
         const started = Date.now();
-        assert.deepEqual(await cache.lookup(request), { customer: null, ticket: null });
+        assert.deepEqual(await cache.lookup(request), MISS);
         await cache.publish(customer, [7], request);
         await cache.hint(request, customer);
         assert.ok(Date.now() - started < 1000);
