@@ -12,10 +12,11 @@ export interface CacheLookup {
   readonly ticket: FillTicket | null;
   /**
    * On a miss without a ticket: the primary ids (ascending) of the cached customers the index
-   * names for some of the request's identifiers, unless one of them holds every value of the
-   * request. Such a request most likely writes to them (it brings a value they lack, or bridges
-   * them), so the service locks them at once instead of reading first. Only a guess: the locked
-   * transaction reads again and locks whatever else it finds.
+   * names for the request's identifiers, if each identifier it knows names a live customer
+   * (none merged away, none expired) and none of them holds every value of the request. Such a
+   * request most likely writes to them (it brings a value they lack, or bridges them), so the
+   * service locks them at once instead of reading first. Only a guess: the locked transaction
+   * reads again and locks whatever else it finds.
    */
   readonly lead: readonly number[];
 }

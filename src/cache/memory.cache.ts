@@ -55,15 +55,23 @@ export class MemoryCustomerCache implements CustomerCache {
     return Promise.resolve({ customer: null, ticket: { digest, generation }, lead: [] });
   }
 
-  /** CacheLookup.lead: the live cached customers the index names for the request. */
+  /**
+   * CacheLookup.lead: the cached customers the index names for the request, if each is a live
+   * customer (one gone or merged away would leave the lead short of a customer the request
+   * reaches, which the transaction would then lock out of order).
+   */
   private lead(request: IdentifyRequest): number[] {
     const customers: Customer[] = [];
     for (const key of identifierKeys(request)) {
       const digest = this.tokens.get(`i:${key}`);
-      const entry = digest === undefined ? undefined : this.entries.get(`c:${digest}`);
-      if (entry !== undefined && "customer" in entry) {
-        customers.push(entry.customer);
+      if (digest === undefined) {
+        continue;
       }
+      const entry = this.entries.get(`c:${digest}`);
+      if (entry === undefined || !("customer" in entry)) {
+        return [];
+      }
+      customers.push(entry.customer);
     }
     return leadOf(customers, request);
   }

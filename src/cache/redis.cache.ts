@@ -43,12 +43,17 @@ if KEYS[2] ~= KEYS[1] then other = redis.call('GET', KEYS[2]) end
 if not digest and not other then return nil end
 if digest ~= other then
   -- Not one customer for every identifier: a miss without a ticket, with the entries of the
-  -- customers the index does name (no tombstone, no floor marker) for the caller's lead.
+  -- customers the index names, for the caller's lead. Only if each is a live customer: one gone,
+  -- merged away (a tombstone) or owed (a floor marker) would leave the lead short of a customer
+  -- the request reaches, which the transaction would then lock out of order.
   local found = {''}
   for _, named in ipairs({digest or '', other or ''}) do
-    local entry = named ~= '' and redis.call('GET', ARGV[1] .. named)
-    if entry and not string.find(entry, '"demoted"', 1, true)
-        and not string.find(entry, '"floor"', 1, true) then
+    if named ~= '' then
+      local entry = redis.call('GET', ARGV[1] .. named)
+      if not entry or string.find(entry, '"demoted"', 1, true)
+          or string.find(entry, '"floor"', 1, true) then
+        return nil
+      end
       found[#found + 1] = entry
     end
   end

@@ -171,6 +171,13 @@ for (const adapter of adapters) {
         await cache.lookup({ email: b.request.email, phoneNumber: "+19990000002" }),
         MISS,
       );
+      // Nor a lead short of it: b's email reaches a's customer, which its index does not say.
+      const d = fresh();
+      await cache.publish(d.customer, [], d.request);
+      assert.deepEqual(
+        await cache.lookup({ email: b.request.email, phoneNumber: d.request.phoneNumber }),
+        MISS,
+      );
     });
 
     it("lets a writer's publication replace an older entry, and never the reverse", async () => {

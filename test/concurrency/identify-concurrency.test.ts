@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 import type { Database } from "../../src/storage/database.js";
 import { readMergeHistory } from "../../src/storage/merge-log.repository.js";
 import {
@@ -85,11 +86,17 @@ for (const [dialect, cache] of dialectsUnderTest().flatMap((d) =>
         const server = servers[index % servers.length];
         assert.ok(server);
         const response = await postIdentify(server.url, body);
-        assert.equal(
-          response.status,
-          200,
-          `${JSON.stringify(body)} -> ${JSON.stringify(response.body)}`,
-        );
+        if (response.status !== 200) {
+          // The reason is only in the server's log, under the request id.
+          const { requestId } = response.body as { requestId?: string };
+          await sleep(200);
+          const logged = servers
+            .flatMap((s) => s.lines)
+            .filter((line) => requestId !== undefined && line.includes(requestId));
+          assert.fail(
+            `${JSON.stringify(body)} -> ${response.status} ${JSON.stringify(response.body)}\n${logged.join("\n")}`,
+          );
+        }
         const answer = response.body as Answer;
         answeredPrimaries.add(answer.primaryContactId);
         return answer;
