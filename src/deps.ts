@@ -4,7 +4,7 @@ import { NoCache } from "./cache/customer-cache.js";
 import { MemoryCustomerCache } from "./cache/memory.cache.js";
 import type { Config } from "./config.js";
 import { IdentifyService } from "./service/identify.service.js";
-import { SqlContactStore } from "./storage/contact.store.js";
+import { retryReason, SqlContactStore } from "./storage/contact.store.js";
 import { openDatabase } from "./storage/database.js";
 import type { Database } from "./storage/database.js";
 import { migrateToLatest, pendingMigrations } from "./storage/migrate.js";
@@ -229,7 +229,7 @@ export async function createDeps(config: Config, logger: FastifyBaseLogger): Pro
   const metrics = metricsOf(database, cache);
   const store = new SqlContactStore(database, undefined, {
     onRetry: (attempt, cause) => {
-      metrics.transactionRetried();
+      metrics.transactionRetried(retryReason(cause));
       logger.debug({ attempt, reason: rootMessage(cause) }, "transaction retried");
     },
   });

@@ -1,6 +1,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { CacheStats } from "../cache/customer-cache.js";
 import type { IdentifyOutcome } from "../domain/reconcile.js";
+import type { RetryReason } from "../storage/contact.store.js";
 import type { PoolStats } from "../storage/database.js";
 import type { SessionStats } from "../storage/sqlite-session.js";
 
@@ -17,8 +18,16 @@ export interface Metrics {
   readonly registry: Registry;
   observeRequest(route: string, method: string, status: number, seconds: number): void;
   identified(outcome: IdentifyOutcome, source: "cache" | "database"): void;
-  transactionRetried(): void;
+  transactionRetried(reason: RetryReason): void;
 }
+
+const RETRY_REASONS: readonly RetryReason[] = [
+  "deadlock",
+  "lock_timeout",
+  "serialization",
+  "busy",
+  "contention",
+];
 
 const CACHE_RESULTS: [keyof CacheStats, string][] = [
   ["hits", "hit"],
@@ -55,9 +64,13 @@ export function createMetrics(sources: MetricSources): Metrics {
   });
   const retries = new Counter({
     name: "db_transaction_retries_total",
-    help: "Transactions run again after a deadlock, serialization failure or lock timeout.",
+    help: "Transactions run again, by reason: deadlock, lock_timeout, serialization, busy (SQLite), contention (the locked customers kept changing, or one was found out of lock order).",
+    labelNames: ["reason"] as const,
     registers: [registry],
   });
+  for (const reason of RETRY_REASONS) {
+    retries.inc({ reason }, 0);
+  }
   new Counter({
     name: "cache_operations_total",
     help: "Cache lookups and writes by result: hit, miss, fill, stale_fill_refused, publication, error.",
@@ -121,8 +134,8 @@ export function createMetrics(sources: MetricSources): Metrics {
     identified(outcome, source) {
       outcomes.inc({ outcome, source });
     },
-    transactionRetried() {
-      retries.inc();
+    transactionRetried(reason) {
+      retries.inc({ reason });
     },
   };
 }

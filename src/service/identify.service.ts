@@ -33,10 +33,11 @@ const MAX_LOCK_ROUNDS = 6;
  * Otherwise one database read decides: a request that changes nothing is answered from it (and
  * fills the cache, if no writer published that customer meanwhile). Anything else runs in a locked
  * transaction: the request's identifiers are locked first, so no concurrent request can add a row
- * with them; then the primaries of the customers they match are locked, and the customers are
- * read again until every customer seen is locked. A miss that names cached customers lacking a
- * value of the request (CacheLookup.lead) skips the first read: the transaction locks those
- * customers first, then reads. From then on nobody else can change those
+ * with them; then the primaries of the customers they match are locked, in ascending id order,
+ * and the customers are read again until every customer seen is locked (one found below a locked
+ * one starts the attempt over). A miss that names cached customers lacking a value of the request
+ * (CacheLookup.lead) skips the first read: the transaction locks those customers first, then
+ * reads. From then on nobody else can change those
  * customers, so the plan is computed on a stable state. After COMMIT, and before answering, the
  * new state is published to the cache (merged-away primaries become tombstones).
  */
@@ -75,24 +76,31 @@ export class IdentifyService {
       }
     }
 
+    // Customers are locked in ascending id order in every transaction, so no two transactions
+    // deadlock on them: a customer found only after a higher one was locked starts the attempt
+    // over (a retry), which then locks every customer seen so far in order.
+    const seen = new Set(snapshot === null ? lookup.lead : matchedGroups(request, snapshot));
     const { customer, plan } = await this.store.withLockedTransaction(
       identifierKeys(request),
       async (tx) => {
-        const locked = new Set<number>();
-        let rows = snapshot ?? [];
+        let highest = -Infinity;
+        let toLock = [...seen].sort((a, b) => a - b);
+        let rows: Contact[];
         for (let round = 0; ; round++) {
-          const seen =
-            round === 0 && snapshot === null ? lookup.lead : matchedGroups(request, rows);
-          const unlocked = seen.filter((id) => !locked.has(id));
-          if (round > 0 && unlocked.length === 0) {
-            break;
-          }
           if (round >= MAX_LOCK_ROUNDS) {
             throw new RetryTransactionError("customers kept changing while being locked");
           }
-          rows = await tx.lockAndFind(unlocked, request);
-          for (const primaryId of unlocked) {
-            locked.add(primaryId);
+          rows = await tx.lockAndFind(toLock, request);
+          highest = Math.max(highest, ...toLock);
+          toLock = matchedGroups(request, rows).filter((id) => !seen.has(id));
+          if (toLock.length === 0) {
+            break;
+          }
+          for (const id of toLock) {
+            seen.add(id);
+          }
+          if ((toLock[0] ?? Infinity) < highest) {
+            throw new RetryTransactionError("a customer was found out of lock order");
           }
         }
 

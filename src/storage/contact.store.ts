@@ -79,6 +79,35 @@ export function isRetryable(error: unknown): boolean {
   return errno === 1213 || errno === 1205;
 }
 
+/** Why a transaction was run again: the `reason` of `db_transaction_retries_total`. */
+export type RetryReason = "deadlock" | "lock_timeout" | "serialization" | "busy" | "contention";
+
+/** The reason of a retryable error (isRetryable), for metrics and logs. */
+export function retryReason(error: unknown): RetryReason {
+  const cause = error instanceof DatabaseError ? error.cause : error;
+  if (cause instanceof LockTimeoutError) {
+    return "lock_timeout";
+  }
+  const { code, errno } = (typeof cause === "object" && cause !== null ? cause : {}) as {
+    code?: unknown;
+    errno?: unknown;
+  };
+  if (code === "40P01" || errno === 1213) {
+    return "deadlock";
+  }
+  if (code === "55P03" || errno === 1205) {
+    return "lock_timeout";
+  }
+  if (code === "40001") {
+    return "serialization";
+  }
+  if (typeof code === "string" && code.startsWith("SQLITE_")) {
+    return "busy";
+  }
+  // RetryTransactionError: the locked customers kept changing, or one was found out of order.
+  return "contention";
+}
+
 class LockTimeoutError extends Error {
   constructor() {
     super("timed out waiting for an identifier lock");
