@@ -319,7 +319,8 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Create
             try {
               return await work(send);
             } catch (error) {
-              // A connection whose transaction could not be ended must not go back to the pool.
+              // A connection with statements still unanswered, or whose transaction could not be
+              // ended, must not go back to the pool.
               if (pending > 0 || client.getTransactionStatus() !== "I") {
                 broken = error instanceof Error ? error : new Error(String(error));
               }
