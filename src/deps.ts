@@ -4,7 +4,7 @@ import { NoCache } from "./cache/customer-cache.js";
 import { MemoryCustomerCache } from "./cache/memory.cache.js";
 import type { Config } from "./config.js";
 import { IdentifyService } from "./service/identify.service.js";
-import { retryReason, SqlContactStore } from "./storage/contact.store.js";
+import { SqlContactStore } from "./storage/contact.store.js";
 import { openDatabase } from "./storage/database.js";
 import type { Database } from "./storage/database.js";
 import { migrateToLatest, pendingMigrations } from "./storage/migrate.js";
@@ -228,8 +228,8 @@ export async function createDeps(config: Config, logger: FastifyBaseLogger): Pro
   const { cache, redis: cacheRedis } = built;
   const metrics = metricsOf(database, cache);
   const store = new SqlContactStore(database, undefined, {
-    onRetry: (attempt, cause) => {
-      metrics.transactionRetried(retryReason(cause));
+    onRetry: (attempt, cause, reason) => {
+      metrics.transactionRetried(reason);
       logger.debug({ attempt, reason: rootMessage(cause) }, "transaction retried");
     },
   });

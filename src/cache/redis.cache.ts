@@ -34,8 +34,10 @@ export interface CacheEvents {
 
 // KEYS: the two index keys (the same key twice for a one-identifier request).
 // ARGV: prefix, a fresh generation token, the generation TTL in seconds.
-// Returns nil (index unknown or split), {digest, entry} on an entry, {digest, "", generation}
-// on a miss with a ticket. The customer keys are derived from the index value inside the script.
+// Returns nil (nothing indexed, or a lead short of a live customer), {digest, entry} on an
+// entry, {digest, "", generation} on a miss with a ticket, {"", entries...} when the identifiers
+// do not name one customer (the lead). The customer keys are derived from the index values
+// inside the script.
 const LOOKUP_SCRIPT = `
 local digest = redis.call('GET', KEYS[1])
 local other = digest

@@ -1,6 +1,7 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { CacheStats } from "../cache/customer-cache.js";
 import type { IdentifyOutcome } from "../domain/reconcile.js";
+import { RETRY_REASONS } from "../storage/contact.store.js";
 import type { RetryReason } from "../storage/contact.store.js";
 import type { PoolStats } from "../storage/database.js";
 import type { SessionStats } from "../storage/sqlite-session.js";
@@ -20,14 +21,6 @@ export interface Metrics {
   identified(outcome: IdentifyOutcome, source: "cache" | "database"): void;
   transactionRetried(reason: RetryReason): void;
 }
-
-const RETRY_REASONS: readonly RetryReason[] = [
-  "deadlock",
-  "lock_timeout",
-  "serialization",
-  "busy",
-  "contention",
-];
 
 const CACHE_RESULTS: [keyof CacheStats, string][] = [
   ["hits", "hit"],

@@ -18,6 +18,11 @@ export interface ContactReader {
  */
 export interface ContactTransaction {
   /**
+   * False where one writer holds the whole database (SQLite): no customer is locked, so the
+   * order of `lockAndFind` calls does not matter.
+   */
+  readonly locksCustomers: boolean;
+  /**
    * Locks the rows of `primaryIds` until the transaction ends, then reads the customers of
    * `request` (as ContactReader.findCustomers), seeing every change committed before the locks
    * were granted. Every change to a customer (a new secondary, a demotion, a relink) happens

@@ -99,7 +99,7 @@ export class IdentifyService {
           for (const id of toLock) {
             seen.add(id);
           }
-          if ((toLock[0] ?? Infinity) < highest) {
+          if (tx.locksCustomers && (toLock[0] ?? Infinity) < highest) {
             throw new RetryTransactionError("a customer was found out of lock order");
           }
         }

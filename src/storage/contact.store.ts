@@ -33,7 +33,7 @@ export const DEFAULT_RETRY_POLICY: RetryPolicy = {
 
 export interface ContactStoreHooks {
   /** Called before each retry of a transaction, with the error that caused it. */
-  readonly onRetry?: (attempt: number, cause: unknown) => void;
+  readonly onRetry?: (attempt: number, cause: unknown, reason: RetryReason) => void;
 }
 
 function toMillis(value: Date | string): number {
@@ -56,42 +56,35 @@ function lockDigest(identifierKey: string): string {
   return createHash("sha256").update(identifierKey).digest("hex");
 }
 
-/** Deadlocks, serialization failures, lock timeouts and a busy SQLite file are worth a retry. */
-export function isRetryable(error: unknown): boolean {
-  const cause = error instanceof DatabaseError ? error.cause : error;
-  if (cause instanceof RetryTransactionError || cause instanceof LockTimeoutError) {
-    return true;
-  }
-  if (typeof cause !== "object" || cause === null) {
-    return false;
-  }
-  const { code, errno } = cause as { code?: unknown; errno?: unknown };
-  if (typeof code === "string") {
-    // PostgreSQL: deadlock_detected, serialization_failure, lock_not_available.
-    if (code === "40P01" || code === "40001" || code === "55P03") {
-      return true;
-    }
-    if (code.startsWith("SQLITE_BUSY") || code.startsWith("SQLITE_LOCKED")) {
-      return true;
-    }
-  }
-  // MySQL/MariaDB: ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT.
-  return errno === 1213 || errno === 1205;
-}
+/** Why a transaction is run again: the `reason` of `db_transaction_retries_total`. */
+export const RETRY_REASONS = [
+  "deadlock",
+  "lock_timeout",
+  "serialization",
+  "busy",
+  // RetryTransactionError: the locked customers kept changing, or one was found out of order.
+  "contention",
+] as const;
+export type RetryReason = (typeof RETRY_REASONS)[number];
 
-/** Why a transaction was run again: the `reason` of `db_transaction_retries_total`. */
-export type RetryReason = "deadlock" | "lock_timeout" | "serialization" | "busy" | "contention";
-
-/** The reason of a retryable error (isRetryable), for metrics and logs. */
-export function retryReason(error: unknown): RetryReason {
+/**
+ * Deadlocks, serialization failures, lock timeouts, a busy SQLite file and a lock fixpoint that
+ * did not settle are worth a retry: their reason; null for anything else.
+ */
+export function retryReason(error: unknown): RetryReason | null {
   const cause = error instanceof DatabaseError ? error.cause : error;
+  if (cause instanceof RetryTransactionError) {
+    return "contention";
+  }
   if (cause instanceof LockTimeoutError) {
     return "lock_timeout";
   }
-  const { code, errno } = (typeof cause === "object" && cause !== null ? cause : {}) as {
-    code?: unknown;
-    errno?: unknown;
-  };
+  if (typeof cause !== "object" || cause === null) {
+    return null;
+  }
+  const { code, errno } = cause as { code?: unknown; errno?: unknown };
+  // PostgreSQL: deadlock_detected, lock_not_available, serialization_failure; MySQL/MariaDB:
+  // ER_LOCK_DEADLOCK, ER_LOCK_WAIT_TIMEOUT.
   if (code === "40P01" || errno === 1213) {
     return "deadlock";
   }
@@ -101,11 +94,17 @@ export function retryReason(error: unknown): RetryReason {
   if (code === "40001") {
     return "serialization";
   }
-  if (typeof code === "string" && code.startsWith("SQLITE_")) {
+  if (
+    typeof code === "string" &&
+    (code.startsWith("SQLITE_BUSY") || code.startsWith("SQLITE_LOCKED"))
+  ) {
     return "busy";
   }
-  // RetryTransactionError: the locked customers kept changing, or one was found out of order.
-  return "contention";
+  return null;
+}
+
+export function isRetryable(error: unknown): boolean {
+  return retryReason(error) !== null;
 }
 
 class LockTimeoutError extends Error {
@@ -267,6 +266,9 @@ type Result = Awaited<ReturnType<Send>>;
  * whose COMMIT would keep the statements before a failed one; SQLite) each goes out once the one
  * before it has succeeded. Either way a statement's promise settles only after every earlier one
  * has succeeded: a transaction fails with its first error, never a later "transaction aborted".
+ * (An error raised by the driver itself, before the server sees the statement, would not abort
+ * the server's transaction; node-postgres raises one only for a value it cannot encode, and the
+ * service binds only numbers, strings, dates and null.)
  */
 class StatementQueue {
   private last: Promise<unknown> = Promise.resolve();
@@ -276,6 +278,11 @@ class StatementQueue {
     private readonly send: Send,
     private readonly pipelined: boolean,
   ) {}
+
+  /** Resolves once every statement sent so far has succeeded; rejects with the first error. */
+  async drain(): Promise<void> {
+    await this.last;
+  }
 
   /** `check` judges the result (MySQL's GET_LOCK answers 0 on a timeout) before later ones settle. */
   run(query: CompiledQuery, doing: string, check?: (result: Result) => void): Promise<Result> {
@@ -300,8 +307,7 @@ class StatementQueue {
 }
 
 class SqlContactTransaction implements ContactTransaction {
-  /** Set once the work's writes and its COMMIT are sent. */
-  committed = false;
+  private ended = false;
 
   constructor(
     private readonly statements: Statements,
@@ -321,6 +327,15 @@ class SqlContactTransaction implements ContactTransaction {
       "reading customers",
     );
     return rowsToContacts(result.rows);
+  }
+
+  get locksCustomers(): boolean {
+    return this.dialect !== "sqlite";
+  }
+
+  /** True once `commit` has sent the work's writes (and, on the servers, COMMIT). */
+  get committed(): boolean {
+    return this.ended;
   }
 
   private time(ms: number): Time {
@@ -369,11 +384,12 @@ class SqlContactTransaction implements ContactTransaction {
             ]),
             doing,
           );
-    // SQLite: the session's batch commits.
-    const committed = this.dialect === "sqlite" ? null : this.queue.run(COMMIT, "committing");
-    this.committed = true;
+    this.ended = true;
+    // SQLite: the session's batch commits, once every write of its transactions has run.
+    const last =
+      this.dialect === "sqlite" ? this.queue.drain() : this.queue.run(COMMIT, "committing");
     const result = inserted === null ? null : await inserted;
-    await committed;
+    await last;
     if (insert === null || result === null) {
       return null;
     }
@@ -445,12 +461,13 @@ export class SqlContactStore implements ContactStore {
       try {
         return await this.runOnce(digests, work);
       } catch (error) {
-        if (attempt >= this.retry.maxAttempts || !isRetryable(error)) {
+        const reason = retryReason(error);
+        if (attempt >= this.retry.maxAttempts || reason === null) {
           throw error instanceof RetryTransactionError
             ? asDatabaseError(error, "contention")
             : error;
         }
-        this.hooks.onRetry?.(attempt, error instanceof DatabaseError ? error.cause : error);
+        this.hooks.onRetry?.(attempt, error instanceof DatabaseError ? error.cause : error, reason);
         const ceiling = Math.min(
           this.retry.maxDelayMs,
           this.retry.baseDelayMs * 2 ** (attempt - 1),

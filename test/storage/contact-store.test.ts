@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 import type { IdentifyRequest } from "../../src/domain/contact.js";
 import type { ReconcilePlan } from "../../src/domain/reconcile.js";
 import { IdentifyService } from "../../src/service/identify.service.js";
@@ -8,7 +9,13 @@ import { isRetryable, SqlContactStore } from "../../src/storage/contact.store.js
 import { openDatabase, parseDatabaseUrl } from "../../src/storage/database.js";
 import { migrateToLatest } from "../../src/storage/migrate.js";
 import { DatabaseError } from "../../src/storage/errors.js";
-import { allContacts, databaseForSuite, serverDialectsUnderTest } from "../support/databases.js";
+import {
+  allContacts,
+  databaseForSuite,
+  dialectsUnderTest,
+  migratedDatabaseForSuite,
+  serverDialectsUnderTest,
+} from "../support/databases.js";
 
 describe("SqlContactStore write transactions", () => {
   // The read before a write can succeed and the pool then fail to give a connection (a failover,
@@ -42,6 +49,47 @@ describe("SqlContactStore write transactions", () => {
 });
 
 const NO_RETRY = { maxAttempts: 1, baseDelayMs: 1, maxDelayMs: 1 };
+
+/** Every dialect: a failing write of a plan fails the transaction, and nothing of it is kept. */
+for (const dialect of dialectsUnderTest()) {
+  describe(`SqlContactStore plans that fail (${dialect})`, () => {
+    const suite = migratedDatabaseForSuite(dialect);
+
+    it("commits nothing of a merge whose last statement fails, with no insert to wait for", async () => {
+      const { database } = suite;
+      const store = new SqlContactStore(database, NO_RETRY);
+      const service = new IdentifyService(store, new NoCache());
+      const older = await service.identify({ email: "first@example.com", phoneNumber: null });
+      const newer = await service.identify({ email: "second@example.com", phoneNumber: null });
+      const winner = older.customer.primaryContactId;
+      const merged = newer.customer.primaryContactId;
+      const before = await allContacts(database);
+      const request: IdentifyRequest = { email: "first@example.com", phoneNumber: null };
+      // The relink and log of `merged` succeed; the winner's own merge log breaks the log's
+      // CHECK (winnerId <> mergedId).
+      const plan: ReconcilePlan = {
+        outcome: "merged",
+        winnerId: winner,
+        promotedFrom: null,
+        relinkGroups: [merged, winner],
+        insert: null,
+        members: [],
+      };
+      await assert.rejects(
+        store.withLockedTransaction(["email:first@example.com"], async (tx) => {
+          await tx.lockAndFind([winner, merged], request);
+          return tx.commit(plan, Date.now(), request);
+        }),
+        (error: unknown) =>
+          error instanceof DatabaseError && error.message.startsWith("writing a plan"),
+      );
+      await sleep(50);
+      assert.deepEqual(await allContacts(database), before);
+      const log = await database.db.selectFrom("ContactMerge").selectAll().execute();
+      assert.deepEqual(log, []);
+    });
+  });
+}
 
 /**
  * On PostgreSQL the statements of a transaction go out without waiting for each other's answers

@@ -9,7 +9,7 @@ import type { SecurityOptions } from "../../src/http/app.js";
 import type { ErrorMessages } from "../../src/http/errors.js";
 import { IdentifyService } from "../../src/service/identify.service.js";
 import type { IdentifyServiceOptions } from "../../src/service/identify.service.js";
-import { retryReason, SqlContactStore } from "../../src/storage/contact.store.js";
+import { SqlContactStore } from "../../src/storage/contact.store.js";
 import type { Database } from "../../src/storage/database.js";
 
 /** The app in this process on a real port, with its log lines captured. */
@@ -46,8 +46,8 @@ export async function startApp(
   const cache = options.cache ?? new MemoryCustomerCache({ ttlSeconds: 3600, maxEntries: 10_000 });
   const metrics = metricsOf(database, cache);
   const store = new SqlContactStore(database, undefined, {
-    onRetry: (_attempt, cause) => {
-      metrics.transactionRetried(retryReason(cause));
+    onRetry: (_attempt, _cause, reason) => {
+      metrics.transactionRetried(reason);
     },
   });
   const app = buildApp({
