@@ -7,6 +7,7 @@ import { IdentifyService } from "../../src/service/identify.service.js";
 import { NoCache } from "../../src/cache/customer-cache.js";
 import { isRetryable, SqlContactStore } from "../../src/storage/contact.store.js";
 import { openDatabase, parseDatabaseUrl } from "../../src/storage/database.js";
+import type { Database } from "../../src/storage/database.js";
 import { migrateToLatest } from "../../src/storage/migrate.js";
 import { DatabaseError } from "../../src/storage/errors.js";
 import {
@@ -50,43 +51,57 @@ describe("SqlContactStore write transactions", () => {
 
 const NO_RETRY = { maxAttempts: 1, baseDelayMs: 1, maxDelayMs: 1 };
 
+/**
+ * Creates two customers (by email), then runs in a transaction the merge `planOf` makes of them,
+ * which must fail while writing; afterwards the tables must be as they were.
+ */
+async function assertFailedMergeKeepsNothing(
+  database: Database,
+  [first, second]: readonly [string, string],
+  planOf: (winner: number, merged: number) => ReconcilePlan,
+): Promise<void> {
+  const store = new SqlContactStore(database, NO_RETRY);
+  const service = new IdentifyService(store, new NoCache());
+  const older = await service.identify({ email: first, phoneNumber: null });
+  const newer = await service.identify({ email: second, phoneNumber: null });
+  const winner = older.customer.primaryContactId;
+  const merged = newer.customer.primaryContactId;
+  const before = await allContacts(database);
+  const request: IdentifyRequest = { email: first, phoneNumber: null };
+  await assert.rejects(
+    store.withLockedTransaction([`email:${first}`], async (tx) => {
+      await tx.lockAndFind([winner, merged], request);
+      return tx.commit(planOf(winner, merged), Date.now(), request);
+    }),
+    (error: unknown) =>
+      error instanceof DatabaseError && error.message.startsWith("writing a plan"),
+  );
+  // SQLite: a write left behind would run after the batch's COMMIT.
+  await sleep(50);
+  assert.deepEqual(await allContacts(database), before);
+  assert.deepEqual(await database.db.selectFrom("ContactMerge").selectAll().execute(), []);
+}
+
 /** Every dialect: a failing write of a plan fails the transaction, and nothing of it is kept. */
 for (const dialect of dialectsUnderTest()) {
   describe(`SqlContactStore plans that fail (${dialect})`, () => {
     const suite = migratedDatabaseForSuite(dialect);
 
     it("commits nothing of a merge whose last statement fails, with no insert to wait for", async () => {
-      const { database } = suite;
-      const store = new SqlContactStore(database, NO_RETRY);
-      const service = new IdentifyService(store, new NoCache());
-      const older = await service.identify({ email: "first@example.com", phoneNumber: null });
-      const newer = await service.identify({ email: "second@example.com", phoneNumber: null });
-      const winner = older.customer.primaryContactId;
-      const merged = newer.customer.primaryContactId;
-      const before = await allContacts(database);
-      const request: IdentifyRequest = { email: "first@example.com", phoneNumber: null };
-      // The relink and log of `merged` succeed; the winner's own merge log breaks the log's
-      // CHECK (winnerId <> mergedId).
-      const plan: ReconcilePlan = {
-        outcome: "merged",
-        winnerId: winner,
-        promotedFrom: null,
-        relinkGroups: [merged, winner],
-        insert: null,
-        members: [],
-      };
-      await assert.rejects(
-        store.withLockedTransaction(["email:first@example.com"], async (tx) => {
-          await tx.lockAndFind([winner, merged], request);
-          return tx.commit(plan, Date.now(), request);
+      // The relink and log of the newer customer succeed; the winner's own merge log breaks the
+      // log's CHECK (winnerId <> mergedId).
+      await assertFailedMergeKeepsNothing(
+        suite.database,
+        ["first@example.com", "second@example.com"],
+        (winner, merged) => ({
+          outcome: "merged",
+          winnerId: winner,
+          promotedFrom: null,
+          relinkGroups: [merged, winner],
+          insert: null,
+          members: [],
         }),
-        (error: unknown) =>
-          error instanceof DatabaseError && error.message.startsWith("writing a plan"),
       );
-      await sleep(50);
-      assert.deepEqual(await allContacts(database), before);
-      const log = await database.db.selectFrom("ContactMerge").selectAll().execute();
-      assert.deepEqual(log, []);
     });
   });
 }
@@ -153,35 +168,19 @@ for (const dialect of serverDialectsUnderTest()) {
     });
 
     it("commits nothing of a plan whose last write fails", async () => {
-      const { database } = suite;
-      const store = new SqlContactStore(database, NO_RETRY);
-      const service = new IdentifyService(store, new NoCache());
-      const older = await service.identify({ email: "older@example.com", phoneNumber: null });
-      const newer = await service.identify({ email: "newer@example.com", phoneNumber: null });
-      const winner = older.customer.primaryContactId;
-      const merged = newer.customer.primaryContactId;
-      const before = await allContacts(database);
-      const request: IdentifyRequest = { email: "older@example.com", phoneNumber: null };
       // The relink and the merge log succeed; the insert is longer than the column allows.
-      const plan: ReconcilePlan = {
-        outcome: "merged",
-        winnerId: winner,
-        promotedFrom: null,
-        relinkGroups: [merged],
-        insert: { email: `${"x".repeat(300)}@example.com`, phoneNumber: null, createdAt: 1 },
-        members: [],
-      };
-      await assert.rejects(
-        store.withLockedTransaction(["email:older@example.com"], async (tx) => {
-          await tx.lockAndFind([winner, merged], request);
-          return tx.commit(plan, Date.now(), request);
+      await assertFailedMergeKeepsNothing(
+        suite.database,
+        ["older@example.com", "newer@example.com"],
+        (winner, merged) => ({
+          outcome: "merged",
+          winnerId: winner,
+          promotedFrom: null,
+          relinkGroups: [merged],
+          insert: { email: `${"x".repeat(300)}@example.com`, phoneNumber: null, createdAt: 1 },
+          members: [],
         }),
-        (error: unknown) =>
-          error instanceof DatabaseError && error.message.startsWith("writing a plan"),
       );
-      assert.deepEqual(await allContacts(database), before);
-      const log = await database.db.selectFrom("ContactMerge").selectAll().execute();
-      assert.deepEqual(log, []);
     });
   });
 }
