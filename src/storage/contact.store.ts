@@ -279,9 +279,12 @@ class StatementQueue {
     private readonly pipelined: boolean,
   ) {}
 
-  /** Resolves once every statement sent so far has succeeded; rejects with the first error. */
-  async drain(): Promise<void> {
-    await this.last;
+  /**
+   * Resolves once every statement sent so far has succeeded; rejects with the first error (and,
+   * like every promise of the queue, is no unhandled rejection when left unawaited).
+   */
+  drain(): Promise<unknown> {
+    return this.last;
   }
 
   /** `check` judges the result (MySQL's GET_LOCK answers 0 on a timeout) before later ones settle. */

@@ -106,6 +106,27 @@ for (const dialect of dialectsUnderTest()) {
   });
 }
 
+describe("SqlContactStore plans that fail (sqlite, the insert)", () => {
+  const suite = migratedDatabaseForSuite("sqlite");
+
+  // SQLite alone checks linkedId as a foreign key: an insert under a primary that does not exist
+  // fails, and the wait for the queued writes rejects too (no unhandled rejection).
+  it("rejects a plan whose insert fails and keeps nothing", async () => {
+    await assertFailedMergeKeepsNothing(
+      suite.database,
+      ["third@example.com", "fourth@example.com"],
+      (_winner, merged) => ({
+        outcome: "secondary_added",
+        winnerId: merged + 1_000_000,
+        promotedFrom: null,
+        relinkGroups: [],
+        insert: { email: "orphan@example.com", phoneNumber: null, createdAt: 1 },
+        members: [],
+      }),
+    );
+  });
+});
+
 /**
  * On PostgreSQL the statements of a transaction go out without waiting for each other's answers
  * (pipelined); elsewhere one after another. Either way a failure must be the transaction's first
