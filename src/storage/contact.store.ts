@@ -103,10 +103,6 @@ export function retryReason(error: unknown): RetryReason | null {
   return null;
 }
 
-export function isRetryable(error: unknown): boolean {
-  return retryReason(error) !== null;
-}
-
 class LockTimeoutError extends Error {
   constructor() {
     super("timed out waiting for an identifier lock");
@@ -320,7 +316,7 @@ class SqlContactTransaction implements ContactTransaction {
 
   async lockAndFind(primaryIds: readonly number[], request: IdentifyRequest): Promise<Contact[]> {
     // SQLite: BEGIN IMMEDIATE already holds the only write lock there is.
-    if (this.dialect !== "sqlite") {
+    if (this.locksCustomers) {
       for (const id of primaryIds) {
         void this.queue.run(this.statements.lockCustomer.bind([id]), "locking a customer");
       }

@@ -5,7 +5,7 @@ import type { IdentifyRequest } from "../../src/domain/contact.js";
 import type { ReconcilePlan } from "../../src/domain/reconcile.js";
 import { IdentifyService } from "../../src/service/identify.service.js";
 import { NoCache } from "../../src/cache/customer-cache.js";
-import { isRetryable, SqlContactStore } from "../../src/storage/contact.store.js";
+import { retryReason, SqlContactStore } from "../../src/storage/contact.store.js";
 import { openDatabase, parseDatabaseUrl } from "../../src/storage/database.js";
 import type { Database } from "../../src/storage/database.js";
 import { migrateToLatest } from "../../src/storage/migrate.js";
@@ -174,7 +174,7 @@ for (const dialect of serverDialectsUnderTest()) {
         (error: unknown) =>
           error instanceof DatabaseError &&
           error.message.startsWith("locking identifiers") &&
-          isRetryable(error),
+          retryReason(error) === "lock_timeout",
       );
       assert.ok(seen instanceof DatabaseError && seen.message.startsWith("locking identifiers"));
       release();
