@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { hash } from "node:crypto";
 import { customerHolds } from "../domain/contact.js";
 import type { Customer, IdentifyRequest } from "../domain/contact.js";
 
@@ -113,12 +113,12 @@ export interface CustomerCache {
 
 /** The hex SHA-256 of a primary contact id: the cache key of its customer (under the prefix). */
 export function customerDigest(primaryId: number): string {
-  return createHash("sha256").update(String(primaryId)).digest("hex");
+  return hash("sha256", String(primaryId), "hex");
 }
 
 /** The hex SHA-256 of a normalized identifier key such as `email:doc@hillvalley.edu`. */
 export function identifierDigest(identifierKey: string): string {
-  return createHash("sha256").update(identifierKey).digest("hex");
+  return hash("sha256", identifierKey, "hex");
 }
 
 export function emptyStats(): CacheStats {

@@ -1,4 +1,4 @@
-import { createHash, timingSafeEqual } from "node:crypto";
+import { hash, timingSafeEqual } from "node:crypto";
 import type { FastifyReply, FastifyRequest } from "fastify";
 import { LRUCache } from "lru-cache";
 import { findThreat } from "../domain/threats.js";
@@ -31,7 +31,7 @@ export class ThreatError extends Error {
 
 /** Hex SHA-256 of an API key: what API_KEYS_FILE holds, and what is compared. */
 export function hashApiKey(key: string): string {
-  return createHash("sha256").update(key).digest("hex");
+  return hash("sha256", key, "hex");
 }
 
 /**
@@ -53,9 +53,7 @@ export class ApiKeys {
   /** The client id of a valid key (a digest prefix, safe to log), or null. */
   verify(authorization: string | undefined): string | null {
     const match = /^Bearer\s+(\S+)$/i.exec(authorization ?? "");
-    const presented = createHash("sha256")
-      .update(match?.[1] ?? "")
-      .digest();
+    const presented = hash("sha256", match?.[1] ?? "", "buffer");
     let found = false;
     for (const digest of this.digests) {
       found = timingSafeEqual(digest, presented) || found;

@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { hash } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import { CompiledQuery, sql } from "kysely";
 import type { Kysely } from "kysely";
@@ -53,7 +53,7 @@ function toContact(row: ContactColumns): Contact {
 
 /** A lock name derived from an identifier key, so that no email or phone reaches the server. */
 function lockDigest(identifierKey: string): string {
-  return createHash("sha256").update(identifierKey).digest("hex");
+  return hash("sha256", identifierKey, "hex");
 }
 
 /** Why a transaction is run again: the `reason` of `db_transaction_retries_total`. */
