@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import { LRUCache } from "lru-cache";
 import type { Customer, IdentifyRequest } from "../domain/contact.js";
 import { customerHolds, identifierKeys } from "../domain/contact.js";
+import { endOfTurn } from "../end-of-turn.js";
 import { customerDigest, emptyStats, leadOf, MISS, versionOf } from "./customer-cache.js";
 import type { CacheLookup, CacheStats, CustomerCache, FillTicket } from "./customer-cache.js";
 
@@ -25,8 +26,6 @@ export class MemoryCustomerCache implements CustomerCache {
   private readonly tokens: LRUCache<string, string>;
   private readonly counters = emptyStats();
   private readonly ttlMs: number;
-  /** The lookups of this turn of the event loop, answered together at its end (lookup). */
-  private answers: (() => void)[] = [];
 
   constructor(options: MemoryCacheOptions) {
     this.ttlMs = options.ttlSeconds * 1000;
@@ -35,30 +34,14 @@ export class MemoryCustomerCache implements CustomerCache {
   }
 
   /**
-   * Answered at the end of this turn of the event loop, with every other lookup of the turn,
-   * as Redis's replies and SQLite's batched reads are: the server then writes its responses
-   * together after reading the turn's requests, rather than one in the middle of each read,
-   * which cost it more CPU per request than the lookup itself (README, Speed decisions).
+   * Answered at the end of this turn of the event loop, with every other lookup of the turn
+   * (endOfTurn): answering at once cost the server more CPU per request than the lookup itself.
    */
-  lookup(request: IdentifyRequest): Promise<CacheLookup> {
+  async lookup(request: IdentifyRequest): Promise<CacheLookup> {
     const found = this.find(request);
-    return new Promise((resolve) => {
-      if (this.answers.length === 0) {
-        setImmediate(this.answerAll);
-      }
-      this.answers.push(() => {
-        resolve(found);
-      });
-    });
+    await endOfTurn();
+    return found;
   }
-
-  private readonly answerAll = (): void => {
-    const answers = this.answers;
-    this.answers = [];
-    for (const answer of answers) {
-      answer();
-    }
-  };
 
   private find(request: IdentifyRequest): CacheLookup {
     const digest = this.indexedDigest(request);

@@ -6,6 +6,7 @@ import type { Contact, IdentifyRequest } from "../domain/contact.js";
 import type { ReconcilePlan } from "../domain/reconcile.js";
 import { RetryTransactionError } from "../service/contact-store.js";
 import type { ContactStore, ContactTransaction } from "../service/contact-store.js";
+import { endOfTurn } from "../end-of-turn.js";
 import { lockTimeoutSeconds } from "./database.js";
 import type { Database, DialectName, Send } from "./database.js";
 import { asDatabaseError, DatabaseError } from "./errors.js";
@@ -440,7 +441,11 @@ export class SqlContactStore implements ContactStore {
       if (sqlite !== null) {
         return await sqlite.read(() => rowsToContacts(sqlite.run(query)));
       }
-      return rowsToContacts((await this.database.db.executeQuery(query)).rows);
+      const { rows } = await this.database.db.executeQuery(query);
+      // Answered with the turn's other reads, as SQLite's batched reads are (endOfTurn). Not
+      // the writes: they gained nothing measurable from it.
+      await endOfTurn();
+      return rowsToContacts(rows);
     } catch (error) {
       throw asDatabaseError(error, "reading customers");
     }
