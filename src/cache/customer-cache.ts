@@ -116,11 +116,6 @@ export function customerDigest(primaryId: number): string {
   return hash("sha256", String(primaryId), "hex");
 }
 
-/** The hex SHA-256 of a normalized identifier key such as `email:doc@hillvalley.edu`. */
-export function identifierDigest(identifierKey: string): string {
-  return hash("sha256", identifierKey, "hex");
-}
-
 export function emptyStats(): CacheStats {
   return {
     hits: 0,

@@ -3,16 +3,8 @@ import { EventEmitter } from "node:events";
 import { Redis } from "ioredis";
 import type { RedisOptions } from "ioredis";
 import type { Customer, IdentifyRequest } from "../domain/contact.js";
-import { identifierKeys } from "../domain/contact.js";
-import { customerHolds } from "../domain/contact.js";
-import {
-  customerDigest,
-  emptyStats,
-  identifierDigest,
-  leadOf,
-  MISS,
-  versionOf,
-} from "./customer-cache.js";
+import { customerHolds, identifierDigest, identifierKeys } from "../domain/contact.js";
+import { customerDigest, emptyStats, leadOf, MISS, versionOf } from "./customer-cache.js";
 import type { CacheLookup, CacheStats, CustomerCache, FillTicket } from "./customer-cache.js";
 
 export interface RedisCacheOptions {

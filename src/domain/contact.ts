@@ -1,3 +1,5 @@
+import { hash } from "node:crypto";
+
 export type LinkPrecedence = "primary" | "secondary";
 
 /** A live (not soft-deleted) row of the Contact table, as the domain sees it. */
@@ -52,6 +54,14 @@ export function identifierKeys(request: IdentifyRequest): string[] {
     keys.push(`phone:${request.phoneNumber}`);
   }
   return keys;
+}
+
+/**
+ * The hex SHA-256 of an identifier key: what names an identifier outside the process (its lock on
+ * a database server, its cache index key), so that no email or phone reaches either.
+ */
+export function identifierDigest(identifierKey: string): string {
+  return hash("sha256", identifierKey, "hex");
 }
 
 /** True when the customer already holds every value the request carries. */

@@ -1,7 +1,7 @@
-import { hash } from "node:crypto";
 import { setTimeout as sleep } from "node:timers/promises";
 import { CompiledQuery, sql } from "kysely";
 import type { Kysely } from "kysely";
+import { identifierDigest } from "../domain/contact.js";
 import type { Contact, IdentifyRequest } from "../domain/contact.js";
 import type { ReconcilePlan } from "../domain/reconcile.js";
 import { RetryTransactionError } from "../service/contact-store.js";
@@ -50,11 +50,6 @@ function toContact(row: ContactColumns): Contact {
     linkPrecedence: row.linkPrecedence,
     createdAt: toMillis(row.createdAt),
   };
-}
-
-/** A lock name derived from an identifier key, so that no email or phone reaches the server. */
-function lockDigest(identifierKey: string): string {
-  return hash("sha256", identifierKey, "hex");
 }
 
 /** Why a transaction is run again: the `reason` of `db_transaction_retries_total`. */
@@ -457,7 +452,9 @@ export class SqlContactStore implements ContactStore {
   ): Promise<T> {
     // SQLite needs no identifier locks: its batch holds the only write lock.
     const digests =
-      this.database.sqlite === null ? [...new Set(identifierKeys.map(lockDigest))].sort() : [];
+      this.database.sqlite === null
+        ? [...new Set(identifierKeys.map(identifierDigest))].sort()
+        : [];
     if (digests.length > 2) {
       throw new Error("a request has at most two identifiers");
     }
