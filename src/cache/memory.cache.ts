@@ -1,4 +1,3 @@
-import { randomUUID } from "node:crypto";
 import { LRUCache } from "lru-cache";
 import type { Customer, IdentifyRequest } from "../domain/contact.js";
 import { customerHolds, identifierKeys } from "../domain/contact.js";
@@ -8,29 +7,43 @@ import type { CacheLookup, CacheStats, CustomerCache, FillTicket } from "./custo
 
 export interface MemoryCacheOptions {
   readonly ttlSeconds: number;
-  /** Entries of all kinds (customers, index, generations) kept at most; least recently used go. */
+  /** Customers kept at most, and identifiers indexed at most; the least recently used go. */
   readonly maxEntries: number;
 }
 
-type Entry = { readonly customer: Customer } | { readonly demoted: true };
+/**
+ * What the cache knows of one primary id: its entry (the customer, a tombstone once merged away,
+ * or nothing yet) and its generation, which every publication and tombstone replaces.
+ */
+interface Slot {
+  readonly entry: Customer | typeof DEMOTED | null;
+  readonly generation: number;
+}
+
+const DEMOTED = "demoted";
 
 /**
  * The cache in this process's memory, with the same rules as the Redis one. Coherent within one
- * process only: with several processes, use Redis (or CACHE=off). The index is keyed by the
- * identifier itself, not its SHA-256 as in Redis: nothing leaves the process, and hashing two
- * identifiers was most of a cache hit's own cost.
+ * process only: with several processes, use Redis (or CACHE=off).
+ *
+ * Nothing leaves the process, so it needs none of the Redis cache's digests: customers are kept
+ * under their primary id, with the generation beside the entry, and the index maps each
+ * identifier key itself to the primary id (hashing two identifiers was most of a cache hit's own
+ * cost, and the hex digests most of an entry's memory). Generations count up from 1: nothing can
+ * bring an old one back, since the counter and the cache live and die with the process. Only a
+ * ticket carries the customer's digest, as the contract says.
  */
 export class MemoryCustomerCache implements CustomerCache {
   readonly kind = "memory" as const;
-  private readonly entries: LRUCache<string, Entry>;
-  private readonly tokens: LRUCache<string, string>;
+  private readonly customers: LRUCache<number, Slot>;
+  private readonly index: LRUCache<string, number>;
   private readonly counters = emptyStats();
-  private readonly ttlMs: number;
+  private lastGeneration = 0;
 
   constructor(options: MemoryCacheOptions) {
-    this.ttlMs = options.ttlSeconds * 1000;
-    this.entries = new LRUCache<string, Entry>({ max: options.maxEntries, ttl: this.ttlMs });
-    this.tokens = new LRUCache<string, string>({ max: options.maxEntries, ttl: this.ttlMs });
+    const ttl = options.ttlSeconds * 1000;
+    this.customers = new LRUCache<number, Slot>({ max: options.maxEntries, ttl });
+    this.index = new LRUCache<string, number>({ max: options.maxEntries, ttl });
   }
 
   /**
@@ -44,26 +57,27 @@ export class MemoryCustomerCache implements CustomerCache {
   }
 
   private find(request: IdentifyRequest): CacheLookup {
-    const digest = this.indexedDigest(request);
-    if (digest === null) {
+    const primaryId = this.indexedCustomer(request);
+    if (primaryId === null) {
       this.counters.misses++;
       return { ...MISS, lead: this.lead(request) };
     }
-    const entry = this.entries.get(`c:${digest}`);
-    if (entry !== undefined && "customer" in entry && customerHolds(entry.customer, request)) {
+    let slot = this.customers.get(primaryId);
+    const entry = slot?.entry ?? null;
+    if (entry !== null && entry !== DEMOTED && customerHolds(entry, request)) {
       this.counters.hits++;
-      return { customer: entry.customer, ticket: null, lead: [] };
+      return { customer: entry, ticket: null, lead: [] };
     }
     this.counters.misses++;
-    if (entry !== undefined && "demoted" in entry) {
+    if (entry === DEMOTED) {
       return MISS;
     }
-    let generation = this.tokens.get(`g:${digest}`);
-    if (generation === undefined) {
-      generation = randomUUID();
-      this.tokens.set(`g:${digest}`, generation, { ttl: this.ttlMs * 2 });
+    if (slot === undefined) {
+      slot = { entry: null, generation: this.nextGeneration() };
+      this.customers.set(primaryId, slot);
     }
-    return { customer: null, ticket: { digest, generation }, lead: [] };
+    const ticket = { digest: customerDigest(primaryId), generation: String(slot.generation) };
+    return { customer: null, ticket, lead: [] };
   }
 
   /**
@@ -74,33 +88,33 @@ export class MemoryCustomerCache implements CustomerCache {
   private lead(request: IdentifyRequest): number[] {
     const customers: Customer[] = [];
     for (const key of identifierKeys(request)) {
-      const digest = this.tokens.get(`i:${key}`);
-      if (digest === undefined) {
+      const primaryId = this.index.get(key);
+      if (primaryId === undefined) {
         continue;
       }
-      const entry = this.entries.get(`c:${digest}`);
-      if (entry === undefined || !("customer" in entry)) {
+      const entry = this.customers.get(primaryId)?.entry ?? null;
+      if (entry === null || entry === DEMOTED) {
         return [];
       }
-      customers.push(entry.customer);
+      customers.push(entry);
     }
     return leadOf(customers, request);
   }
 
   fill(ticket: FillTicket, customer: Customer, request: IdentifyRequest): Promise<void> {
-    const digest = customerDigest(customer.primaryContactId);
-    if (digest !== ticket.digest) {
+    const primaryId = customer.primaryContactId;
+    if (customerDigest(primaryId) !== ticket.digest) {
       this.counters.staleFillsRefused++;
       return Promise.resolve();
     }
     this.demoteSecondaries(customer);
-    if (this.tokens.get(`g:${digest}`) !== ticket.generation) {
+    const slot = this.customers.get(primaryId);
+    if (slot === undefined || String(slot.generation) !== ticket.generation) {
       this.counters.staleFillsRefused++;
       return Promise.resolve();
     }
-    if (this.store(digest, customer)) {
-      this.tokens.set(`g:${digest}`, ticket.generation, { ttl: this.ttlMs * 2 });
-      this.index(request, digest);
+    if (this.store(primaryId, customer, slot.generation)) {
+      this.point(request, primaryId);
       this.counters.fills++;
     } else {
       this.counters.staleFillsRefused++;
@@ -109,10 +123,14 @@ export class MemoryCustomerCache implements CustomerCache {
   }
 
   hint(request: IdentifyRequest, customer: Customer): Promise<void> {
-    const digest = customerDigest(customer.primaryContactId);
-    this.index(request, digest);
-    const current = this.entries.get(`c:${digest}`);
-    if (current !== undefined && this.store(digest, customer)) {
+    const primaryId = customer.primaryContactId;
+    this.point(request, primaryId);
+    const slot = this.customers.get(primaryId);
+    if (
+      slot !== undefined &&
+      slot.entry !== null &&
+      this.store(primaryId, customer, slot.generation)
+    ) {
       this.counters.repairs++;
     }
     this.demoteSecondaries(customer);
@@ -125,19 +143,17 @@ export class MemoryCustomerCache implements CustomerCache {
    */
   private demoteSecondaries(customer: Customer): void {
     for (const id of customer.secondaryContactIds) {
-      const demoted = customerDigest(id);
-      const entry = this.entries.get(`c:${demoted}`);
-      if (entry !== undefined && "customer" in entry) {
-        this.tombstone(demoted);
+      const entry = this.customers.peek(id)?.entry ?? null;
+      if (entry !== null && entry !== DEMOTED) {
+        this.tombstone(id);
         this.counters.repairs++;
       }
     }
   }
 
   /** A merged-away primary's entry: a tombstone, with a new generation. */
-  private tombstone(digest: string): void {
-    this.entries.set(`c:${digest}`, { demoted: true });
-    this.tokens.set(`g:${digest}`, randomUUID(), { ttl: this.ttlMs * 2 });
+  private tombstone(primaryId: number): void {
+    this.customers.set(primaryId, { entry: DEMOTED, generation: this.nextGeneration() });
   }
 
   publish(
@@ -145,13 +161,17 @@ export class MemoryCustomerCache implements CustomerCache {
     demotedPrimaryIds: readonly number[],
     request: IdentifyRequest,
   ): Promise<void> {
-    const digest = customerDigest(customer.primaryContactId);
-    this.tokens.set(`g:${digest}`, randomUUID(), { ttl: this.ttlMs * 2 });
-    this.store(digest, customer);
-    for (const id of demotedPrimaryIds) {
-      this.tombstone(customerDigest(id));
+    const primaryId = customer.primaryContactId;
+    const generation = this.nextGeneration();
+    if (!this.store(primaryId, customer, generation)) {
+      // An equal or newer version (or a tombstone) stays, under the new generation.
+      const entry = this.customers.get(primaryId)?.entry ?? null;
+      this.customers.set(primaryId, { entry, generation });
     }
-    this.index(request, digest);
+    for (const id of demotedPrimaryIds) {
+      this.tombstone(id);
+    }
+    this.point(request, primaryId);
     this.counters.publications += 1 + demotedPrimaryIds.length;
     return Promise.resolve();
   }
@@ -165,40 +185,45 @@ export class MemoryCustomerCache implements CustomerCache {
   }
 
   close(): Promise<void> {
-    this.entries.clear();
-    this.tokens.clear();
+    this.customers.clear();
+    this.index.clear();
     return Promise.resolve();
   }
 
-  /** Stores the customer unless a tombstone or an equal or newer version is there. */
-  private store(digest: string, customer: Customer): boolean {
-    const current = this.entries.get(`c:${digest}`);
-    if (
-      current !== undefined &&
-      ("demoted" in current || versionOf(current.customer) >= versionOf(customer))
-    ) {
+  private nextGeneration(): number {
+    return ++this.lastGeneration;
+  }
+
+  /**
+   * Stores the customer under `generation` unless a tombstone or an equal or newer version is
+   * there.
+   */
+  private store(primaryId: number, customer: Customer, generation: number): boolean {
+    const current = this.customers.get(primaryId)?.entry ?? null;
+    if (current !== null && (current === DEMOTED || versionOf(current) >= versionOf(customer))) {
       return false;
     }
-    this.entries.set(`c:${digest}`, { customer });
+    this.customers.set(primaryId, { entry: customer, generation });
     return true;
   }
 
-  private index(request: IdentifyRequest, digest: string): void {
+  /** Points the index of the request's identifiers at the customer. */
+  private point(request: IdentifyRequest, primaryId: number): void {
     for (const key of identifierKeys(request)) {
-      this.tokens.set(`i:${key}`, digest);
+      this.index.set(key, primaryId);
     }
   }
 
-  /** The digest every identifier of the request is indexed under, or null. */
-  private indexedDigest(request: IdentifyRequest): string | null {
-    let digest: string | null = null;
+  /** The primary id every identifier of the request is indexed under, or null. */
+  private indexedCustomer(request: IdentifyRequest): number | null {
+    let primaryId: number | null = null;
     for (const key of identifierKeys(request)) {
-      const found = this.tokens.get(`i:${key}`);
-      if (found === undefined || (digest !== null && found !== digest)) {
+      const found = this.index.get(key);
+      if (found === undefined || (primaryId !== null && found !== primaryId)) {
         return null;
       }
-      digest = found;
+      primaryId = found;
     }
-    return digest;
+    return primaryId;
   }
 }

@@ -241,6 +241,27 @@ for (const adapter of adapters) {
       );
     });
 
+    it("refuses a fill taken before a publication even once the published entry has expired", async () => {
+      const cache = await open(1);
+      const { request, customer } = fresh();
+      await cache.hint(request, customer);
+      const { ticket } = await cache.lookup(request);
+      assert.ok(ticket);
+      const grown: Customer = {
+        ...customer,
+        emails: [...customer.emails, "grown@hillvalley.edu"],
+        secondaryContactIds: [customer.primaryContactId + 1],
+      };
+      await cache.publish(grown, [], request);
+      await sleep(1300);
+      // Another reader finds the customer again (a ticket of its own) before the first one fills.
+      await cache.hint(request, grown);
+      assert.ok((await cache.lookup(request)).ticket);
+      await cache.fill(ticket, customer, request);
+      assert.equal((await cache.lookup(request)).customer, null);
+      assert.equal(cache.stats().staleFillsRefused, 1);
+    });
+
     it("repairs an older entry on a hint, tombstones a secondary's entry, and creates none", async () => {
       const cache = await open();
       const a = fresh();
