@@ -1,7 +1,8 @@
 import { sql } from "kysely";
 import type { Kysely, Migration } from "kysely";
 import { columnTypes } from "./column-types.js";
-import type { ColumnTypes, Dialect } from "./column-types.js";
+import type { DialectName } from "../database.js";
+import type { ColumnTypes } from "./column-types.js";
 import {
   binaryNoPadCollation,
   createMissingIndexes,
@@ -15,7 +16,7 @@ import {
  * email and phoneNumber compare byte-exactly everywhere (utf8mb4_bin on MySQL/MariaDB; SQLite's
  * BINARY and PostgreSQL's deterministic collations already do).
  */
-export function createContact(dialect: Dialect): Migration {
+export function createContact(dialect: DialectName): Migration {
   return {
     async up(db: Kysely<unknown>): Promise<void> {
       const collation = dialect === "mysql" ? await binaryNoPadCollation(db) : null;
@@ -30,7 +31,7 @@ export function createContact(dialect: Dialect): Migration {
 
 async function createTable(
   db: Kysely<unknown>,
-  dialect: Dialect,
+  dialect: DialectName,
   collation: string | null,
 ): Promise<void> {
   // MySQL/MariaDB: only what an interrupted run left undone (see existingParts). Elsewhere the
@@ -61,7 +62,7 @@ async function createTable(
 
 async function createContactTable(
   db: Kysely<unknown>,
-  dialect: Dialect,
+  dialect: DialectName,
   types: ColumnTypes,
 ): Promise<void> {
   await db.schema

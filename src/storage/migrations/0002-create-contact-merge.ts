@@ -1,7 +1,7 @@
 import { sql } from "kysely";
 import type { Kysely, Migration } from "kysely";
 import { columnTypes } from "./column-types.js";
-import type { Dialect } from "./column-types.js";
+import type { DialectName } from "../database.js";
 import {
   binaryNoPadCollation,
   createMissingIndexes,
@@ -15,7 +15,7 @@ import {
  * promoted) and the identifiers of the request that did it: what support needs to explain a
  * merge. Ids are not foreign keys: contacts are never deleted, only soft-deleted.
  */
-export function createContactMerge(dialect: Dialect): Migration {
+export function createContactMerge(dialect: DialectName): Migration {
   return {
     async up(db: Kysely<unknown>): Promise<void> {
       const collation = dialect === "mysql" ? await binaryNoPadCollation(db) : null;

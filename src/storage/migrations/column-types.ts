@@ -1,7 +1,6 @@
 import { sql } from "kysely";
 import type { RawBuilder } from "kysely";
-
-export type Dialect = "sqlite" | "mysql" | "postgres";
+import type { DialectName } from "../database.js";
 
 /**
  * The column types the migrations share, per dialect. Released migrations use them: never change
@@ -14,7 +13,7 @@ export interface ColumnTypes {
   readonly timestamp: RawBuilder<unknown>;
 }
 
-export function columnTypes(dialect: Dialect, collation: string | null): ColumnTypes {
+export function columnTypes(dialect: DialectName, collation: string | null): ColumnTypes {
   return {
     identifier: (length) =>
       collation !== null
