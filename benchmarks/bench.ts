@@ -7,7 +7,9 @@
  * Options: --customers N (10000), --duration S (10), --connections N (32), --bulk (load rows
  * directly instead of through the API), --configs a,b (sqlite, mysql, postgres, sqlite-memcache,
  * mysql-nocache, postgres-nocache), --workers N (server processes), --mix R,I,C,B (percent of
- * repeats, new information, new customers, bridges: 85,10,4,1), --out FILE.
+ * repeats, new information, new customers, bridges: 85,10,4,1), --rounds N (1: measure the
+ * ceiling and each configuration alternately N times, and report the round of the median ratio),
+ * --out FILE.
  * Servers: BENCH_MYSQL_URL, BENCH_POSTGRES_URL, BENCH_REDIS_URL (defaults: this machine's).
  */
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
@@ -39,6 +41,7 @@ const { values: args } = parseArgs({
     bulk: { type: "boolean", default: false },
     workers: { type: "string", default: "1" },
     mix: { type: "string", default: "85,10,4,1" },
+    rounds: { type: "string", default: "1" },
     out: { type: "string" },
   },
 });
@@ -50,6 +53,10 @@ const CUSTOMERS = Number(args.customers);
 const DURATION = Number(args.duration);
 const CONNECTIONS = Number(args.connections);
 const MEASURED_MIX = parseMix(args.mix);
+const ROUNDS = Number(args.rounds);
+if (!Number.isInteger(ROUNDS) || ROUNDS < 1) {
+  throw new Error(`--rounds must be a whole number of at least 1, not ${args.rounds}`);
+}
 
 interface ConfigSpec {
   readonly name: string;
@@ -79,6 +86,8 @@ interface Result {
   ratioToCeiling?: number;
   /** The ceiling measured just before this configuration, which the ratio divides by. */
   ceilingRequestsPerSecond?: number;
+  /** With --rounds: every round's ratio, in order; the row's figures are the median round's. */
+  roundRatios?: number[];
   /** Percent of the measured requests by outcome/source (from the server's metrics). */
   outcomes?: Record<string, number>;
 }
@@ -377,10 +386,47 @@ async function load(url: string, workload: Workload, seconds: number, pid: numbe
   };
 }
 
-async function runConfig(key: string, spec: ConfigSpec): Promise<Result | null> {
+type Measurement = Awaited<ReturnType<typeof load>>;
+
+/** One round of a configuration: the ceiling measured just before it, and its own figures. */
+interface Round {
+  readonly ceiling: Measurement;
+  readonly measured: Measurement;
+  readonly ratio: number;
+}
+
+/** The round of the median ratio (the upper one of the middle two for an even count). */
+function medianRound(rounds: readonly Round[]): Round {
+  const sorted = [...rounds].sort((a, b) => a.ratio - b.ratio);
+  const median = sorted[Math.floor(sorted.length / 2)];
+  if (median === undefined) {
+    throw new Error("no round was measured");
+  }
+  return median;
+}
+
+function twoDecimals(value: number): number {
+  return Math.round(value * 100) / 100;
+}
+
+/**
+ * Measures one configuration in ROUNDS rounds, each right after a measurement of the ceiling
+ * (added to `ceilings`); the first ceiling before the database is created and seeded, as a
+ * single round always did, the later ones while the configuration's server waits idle.
+ */
+async function runConfig(
+  key: string,
+  spec: ConfigSpec,
+  ceilings: Measurement[],
+): Promise<Result | null> {
   if (spec.dialect === null) {
     return null;
   }
+  // The ceiling is measured again next to each configuration: on a shared machine its figure
+  // drifts by tens of percent within minutes, and each ratio compares like with like.
+  log(`${key}: ceiling first (bare Fastify route, same body validation, constant answer)`);
+  const firstCeiling = await measureCeiling();
+  ceilings.push(firstCeiling);
   const admin =
     spec.dialect === "mysql" ? MYSQL : spec.dialect === "postgres" ? POSTGRES : undefined;
   let test: TestDatabase;
@@ -431,9 +477,21 @@ async function runConfig(key: string, spec: ConfigSpec): Promise<Result | null> 
     }
     log(`${key}: warming up`);
     await load(server.url, workload, 3, null);
-    log(`${key}: measuring for ${DURATION}s`);
     const before = outcomeCounts(await scrape(server.url));
-    const measured = await load(server.url, workload, DURATION, server.process.pid ?? null);
+    const rounds: Round[] = [];
+    for (let round = 1; round <= ROUNDS; round++) {
+      const of = ROUNDS > 1 ? ` (round ${round} of ${ROUNDS})` : "";
+      let ceiling = firstCeiling;
+      if (round > 1) {
+        log(`${key}: ceiling again${of}`);
+        ceiling = await measureCeiling();
+        ceilings.push(ceiling);
+      }
+      log(`${key}: measuring for ${DURATION}s${of}`);
+      const measured = await load(server.url, workload, DURATION, server.process.pid ?? null);
+      const ratio = measured.requestsPerSecond / ceiling.requestsPerSecond;
+      rounds.push({ ceiling, measured, ratio });
+    }
     const after = await scrape(server.url);
     const outcomes = outcomeShares(before, outcomeCounts(after));
     log(`${key}: outcomes (%) ${JSON.stringify(outcomes)}`);
@@ -444,7 +502,21 @@ async function runConfig(key: string, spec: ConfigSpec): Promise<Result | null> 
     }
     await server.stop();
     server = null;
-    return { config: spec.name, ...measured, storedContacts: await countContacts(test), outcomes };
+    const chosen = medianRound(rounds);
+    if (ROUNDS > 1) {
+      log(`${key}: ratios by round ${rounds.map((r) => twoDecimals(r.ratio)).join(", ")}`);
+    }
+    return {
+      config: spec.name,
+      ...chosen.measured,
+      // The memory figure is the peak of every round, not only the median one's.
+      maxRssMb: Math.max(...rounds.map((r) => r.measured.maxRssMb)),
+      storedContacts: await countContacts(test),
+      outcomes,
+      ceilingRequestsPerSecond: chosen.ceiling.requestsPerSecond,
+      ratioToCeiling: twoDecimals(chosen.ratio),
+      ...(ROUNDS > 1 ? { roundRatios: rounds.map((r) => twoDecimals(r.ratio)) } : {}),
+    };
   } finally {
     await server?.stop();
     await test.drop();
@@ -477,24 +549,26 @@ async function measureCeiling() {
   }
 }
 
+/** The ratio, and with --rounds the range of every round's. */
+function ratioCell(result: Result): string {
+  const ratio = result.ratioToCeiling?.toFixed(2) ?? "";
+  const all = result.roundRatios;
+  if (all === undefined) {
+    return ratio;
+  }
+  return `${ratio} (${Math.min(...all).toFixed(2)}–${Math.max(...all).toFixed(2)})`;
+}
+
 async function main(): Promise<void> {
   const results: Result[] = [];
-  const ceilings: Awaited<ReturnType<typeof measureCeiling>>[] = [];
+  const ceilings: Measurement[] = [];
   for (const key of args.configs.split(",").filter(Boolean)) {
     const spec = SPECS[key];
     if (spec === undefined) {
       throw new Error(`unknown configuration ${key}; known: ${Object.keys(SPECS).join(", ")}`);
     }
-    // The ceiling is measured again next to each configuration: on a shared machine its figure
-    // drifts by tens of percent within minutes, and each ratio compares like with like.
-    log(`${key}: ceiling first (bare Fastify route, same body validation, constant answer)`);
-    const ceiling = await measureCeiling();
-    ceilings.push(ceiling);
-    const result = await runConfig(key, spec);
+    const result = await runConfig(key, spec, ceilings);
     if (result !== null) {
-      result.ceilingRequestsPerSecond = ceiling.requestsPerSecond;
-      result.ratioToCeiling =
-        Math.round((result.requestsPerSecond / ceiling.requestsPerSecond) * 100) / 100;
       results.push(result);
     }
   }
@@ -514,7 +588,7 @@ async function main(): Promise<void> {
   }
 
   const machine = `${cpus().length} × ${cpus()[0]?.model ?? "cpu"}, ${Math.round(totalmem() / 2 ** 30)} GiB, Node ${process.version}`;
-  const header = `customers ${CUSTOMERS}${args.bulk ? " (bulk-loaded)" : ""}, mix ${args.mix}, ${CONNECTIONS} connections, ${DURATION}s, workers ${args.workers}; ${machine}`;
+  const header = `customers ${CUSTOMERS}${args.bulk ? " (bulk-loaded)" : ""}, mix ${args.mix}, ${CONNECTIONS} connections, ${DURATION}s${ROUNDS > 1 ? ` × ${ROUNDS} rounds` : ""}, workers ${args.workers}; ${machine}`;
   const lines = [
     header,
     "",
@@ -522,7 +596,7 @@ async function main(): Promise<void> {
     "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ...results.map(
       (r) =>
-        `| ${r.config} | ${r.requestsPerSecond} | ${r.ceilingRequestsPerSecond ?? ""} | ${r.ratioToCeiling?.toFixed(2) ?? ""} | ${r.latencyMs.p50} | ${r.latencyMs.p99} | ${r.latencyMs.max} | ${r.errors} | ${r.non2xx} | ${r.maxRssMb} | ${r.cpuUsPerRequest ?? ""} | ${r.storedContacts ?? ""} |`,
+        `| ${r.config} | ${r.requestsPerSecond} | ${r.ceilingRequestsPerSecond ?? ""} | ${ratioCell(r)} | ${r.latencyMs.p50} | ${r.latencyMs.p99} | ${r.latencyMs.max} | ${r.errors} | ${r.non2xx} | ${r.maxRssMb} | ${r.cpuUsPerRequest ?? ""} | ${r.storedContacts ?? ""} |`,
     ),
   ];
   process.stdout.write(`${lines.join("\n")}\n`);
