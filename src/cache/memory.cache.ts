@@ -29,9 +29,9 @@ const DEMOTED = "demoted";
  * Nothing leaves the process, so it needs none of the Redis cache's digests: customers are kept
  * under their primary id, with the generation beside the entry, and the index maps each
  * identifier key itself to the primary id (hashing two identifiers was most of a cache hit's own
- * cost, and the hex digests most of an entry's memory). Generations count up from 1: nothing can
- * bring an old one back, since the counter and the cache live and die with the process. Only a
- * ticket carries the customer's digest, as the contract says.
+ * cost). Generations count up from 1: nothing can bring an old one back, since the counter and
+ * the cache live and die with the process. Only a ticket carries the customer's digest, as the
+ * contract says.
  */
 export class MemoryCustomerCache implements CustomerCache {
   readonly kind = "memory" as const;
