@@ -86,7 +86,10 @@ interface Result {
   ratioToCeiling?: number;
   /** The ceiling measured just before this configuration, which the ratio divides by. */
   ceilingRequestsPerSecond?: number;
-  /** With --rounds: every round's ratio, in order; the row's figures are the median round's. */
+  /**
+   * With --rounds: every round's ratio, in order; the row's figures are the median round's, but
+   * for errors and non-2xx (summed over every round) and RSS (the peak of every round).
+   */
   roundRatios?: number[];
   /** Percent of the measured requests by outcome/source (from the server's metrics). */
   outcomes?: Record<string, number>;
@@ -395,14 +398,12 @@ interface Round {
   readonly ratio: number;
 }
 
-/** The round of the median ratio (the upper one of the middle two for an even count). */
-function medianRound(rounds: readonly Round[]): Round {
-  const sorted = [...rounds].sort((a, b) => a.ratio - b.ratio);
-  const median = sorted[Math.floor(sorted.length / 2)];
-  if (median === undefined) {
-    throw new Error("no round was measured");
-  }
-  return median;
+/**
+ * The item of the median value (the upper one of the middle two for an even count), so that
+ * every figure reported with it comes from one measurement; undefined for none.
+ */
+function medianBy<T>(items: readonly T[], value: (item: T) => number): T | undefined {
+  return [...items].sort((a, b) => value(a) - value(b))[Math.floor(items.length / 2)];
 }
 
 function twoDecimals(value: number): number {
@@ -480,14 +481,14 @@ async function runConfig(
     const before = outcomeCounts(await scrape(server.url));
     const rounds: Round[] = [];
     for (let round = 1; round <= ROUNDS; round++) {
-      const of = ROUNDS > 1 ? ` (round ${round} of ${ROUNDS})` : "";
+      const roundLabel = ROUNDS > 1 ? ` (round ${round} of ${ROUNDS})` : "";
       let ceiling = firstCeiling;
       if (round > 1) {
-        log(`${key}: ceiling again${of}`);
+        log(`${key}: ceiling again${roundLabel}`);
         ceiling = await measureCeiling();
         ceilings.push(ceiling);
       }
-      log(`${key}: measuring for ${DURATION}s${of}`);
+      log(`${key}: measuring for ${DURATION}s${roundLabel}`);
       const measured = await load(server.url, workload, DURATION, server.process.pid ?? null);
       const ratio = measured.requestsPerSecond / ceiling.requestsPerSecond;
       rounds.push({ ceiling, measured, ratio });
@@ -502,14 +503,19 @@ async function runConfig(
     }
     await server.stop();
     server = null;
-    const chosen = medianRound(rounds);
+    const chosen = medianBy(rounds, (r) => r.ratio);
+    if (chosen === undefined) {
+      throw new Error("no round was measured");
+    }
     if (ROUNDS > 1) {
       log(`${key}: ratios by round ${rounds.map((r) => twoDecimals(r.ratio)).join(", ")}`);
     }
     return {
       config: spec.name,
       ...chosen.measured,
-      // The memory figure is the peak of every round, not only the median one's.
+      // Failures and memory count every round, not only the median one.
+      errors: rounds.reduce((sum, r) => sum + r.measured.errors, 0),
+      non2xx: rounds.reduce((sum, r) => sum + r.measured.non2xx, 0),
       maxRssMb: Math.max(...rounds.map((r) => r.measured.maxRssMb)),
       storedContacts: await countContacts(test),
       outcomes,
@@ -572,11 +578,8 @@ async function main(): Promise<void> {
       results.push(result);
     }
   }
-  // The ceiling's row: the median measurement (the upper one of the middle two for an even
-  // count), so that every figure in the row comes from one run.
-  const ceiling = [...ceilings].sort((a, b) => a.requestsPerSecond - b.requestsPerSecond)[
-    Math.floor(ceilings.length / 2)
-  ];
+  // The ceiling's row: its median measurement.
+  const ceiling = medianBy(ceilings, (c) => c.requestsPerSecond);
   if (ceiling !== undefined) {
     results.unshift({
       config: `ceiling (Fastify, constant answer; median of ${ceilings.length})`,
