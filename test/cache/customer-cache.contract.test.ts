@@ -71,6 +71,24 @@ function fresh(): { request: IdentifyRequest; customer: Customer } {
   };
 }
 
+/**
+ * A reader's ticket for a fresh customer, then a writer that commits a new row of that customer
+ * and publishes it, between the reader's database read and its fill.
+ */
+async function publishedAfterTicket(cache: CustomerCache) {
+  const { request, customer } = fresh();
+  await cache.hint(request, customer);
+  const { ticket } = await cache.lookup(request);
+  assert.ok(ticket);
+  const grown: Customer = {
+    ...customer,
+    emails: [...customer.emails, "grown@hillvalley.edu"],
+    secondaryContactIds: [customer.primaryContactId + 1],
+  };
+  await cache.publish(grown, [], request);
+  return { request, customer, ticket, grown };
+}
+
 for (const adapter of adapters) {
   describe(`customer cache contract: ${adapter.name}`, () => {
     const caches: CustomerCache[] = [];
@@ -205,18 +223,8 @@ for (const adapter of adapters) {
 
     it("refuses a fill whose ticket was taken before a publication (the fill-after-invalidate race)", async () => {
       const cache = await open();
-      const { request, customer } = fresh();
-      await cache.hint(request, customer);
-      const { ticket } = await cache.lookup(request);
-      assert.ok(ticket);
-      // A writer commits and publishes between this reader's database read and its fill...
-      const grown: Customer = {
-        ...customer,
-        emails: [...customer.emails, "new@hillvalley.edu"],
-        secondaryContactIds: [1],
-      };
-      await cache.publish(grown, [], request);
-      // ...and the reader's older state is refused.
+      const { request, customer, ticket, grown } = await publishedAfterTicket(cache);
+      // The reader's older state is refused.
       await cache.fill(ticket, customer, request);
       assert.deepEqual((await cache.lookup(request)).customer, grown);
       assert.equal(cache.stats().staleFillsRefused, 1);
@@ -243,16 +251,7 @@ for (const adapter of adapters) {
 
     it("refuses a fill taken before a publication even once the published entry has expired", async () => {
       const cache = await open(1);
-      const { request, customer } = fresh();
-      await cache.hint(request, customer);
-      const { ticket } = await cache.lookup(request);
-      assert.ok(ticket);
-      const grown: Customer = {
-        ...customer,
-        emails: [...customer.emails, "grown@hillvalley.edu"],
-        secondaryContactIds: [customer.primaryContactId + 1],
-      };
-      await cache.publish(grown, [], request);
+      const { request, customer, ticket, grown } = await publishedAfterTicket(cache);
       await sleep(1300);
       // Another reader finds the customer again (a ticket of its own) before the first one fills.
       await cache.hint(request, grown);
