@@ -22,6 +22,11 @@ interface Slot {
 
 const DEMOTED = "demoted";
 
+/** True when `customer` may take the place of `current`: no tombstone, no equal or newer version. */
+function replaces(customer: Customer, current: Slot["entry"]): boolean {
+  return current === null || (current !== DEMOTED && versionOf(current) < versionOf(customer));
+}
+
 /**
  * The cache in this process's memory, with the same rules as the Redis one. Coherent within one
  * process only: with several processes, use Redis (or CACHE=off).
@@ -113,7 +118,8 @@ export class MemoryCustomerCache implements CustomerCache {
       this.counters.staleFillsRefused++;
       return Promise.resolve();
     }
-    if (this.store(primaryId, customer, slot.generation)) {
+    if (replaces(customer, slot.entry)) {
+      this.customers.set(primaryId, { entry: customer, generation: slot.generation });
       this.point(request, primaryId);
       this.counters.fills++;
     } else {
@@ -126,11 +132,8 @@ export class MemoryCustomerCache implements CustomerCache {
     const primaryId = customer.primaryContactId;
     this.point(request, primaryId);
     const slot = this.customers.get(primaryId);
-    if (
-      slot !== undefined &&
-      slot.entry !== null &&
-      this.store(primaryId, customer, slot.generation)
-    ) {
+    if (slot !== undefined && slot.entry !== null && replaces(customer, slot.entry)) {
+      this.customers.set(primaryId, { entry: customer, generation: slot.generation });
       this.counters.repairs++;
     }
     this.demoteSecondaries(customer);
@@ -162,12 +165,10 @@ export class MemoryCustomerCache implements CustomerCache {
     request: IdentifyRequest,
   ): Promise<void> {
     const primaryId = customer.primaryContactId;
-    const generation = this.nextGeneration();
-    if (!this.store(primaryId, customer, generation)) {
-      // An equal or newer version (or a tombstone) stays, under the new generation.
-      const entry = this.customers.get(primaryId)?.entry ?? null;
-      this.customers.set(primaryId, { entry, generation });
-    }
+    // An equal or newer version (or a tombstone) stays, under the new generation.
+    const current = this.customers.get(primaryId)?.entry ?? null;
+    const entry = replaces(customer, current) ? customer : current;
+    this.customers.set(primaryId, { entry, generation: this.nextGeneration() });
     for (const id of demotedPrimaryIds) {
       this.tombstone(id);
     }
@@ -192,19 +193,6 @@ export class MemoryCustomerCache implements CustomerCache {
 
   private nextGeneration(): number {
     return ++this.lastGeneration;
-  }
-
-  /**
-   * Stores the customer under `generation` unless a tombstone or an equal or newer version is
-   * there.
-   */
-  private store(primaryId: number, customer: Customer, generation: number): boolean {
-    const current = this.customers.get(primaryId)?.entry ?? null;
-    if (current !== null && (current === DEMOTED || versionOf(current) >= versionOf(customer))) {
-      return false;
-    }
-    this.customers.set(primaryId, { entry: customer, generation });
-    return true;
   }
 
   /** Points the index of the request's identifiers at the customer. */
