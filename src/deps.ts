@@ -108,33 +108,39 @@ export function readinessOf(database: Database, cache: CustomerCache): () => Pro
 }
 
 /**
- * Picks the cache adapter: Redis when REDIS_URL is set; none with CACHE=off; without Redis, none
- * by default (CACHE=auto) and in-process only with CACHE=on. The in-process cache is coherent
- * within one process only, and nothing here can tell that other instances share the database
- * (several containers behind a load balancer, each with WORKERS=1): one of them would answer from
- * an entry another one's write made old. On SQLite a read in the connection's batch costs less
- * than the cache's bookkeeping anyway (README, Cache).
+ * Picks the cache adapter: Redis when REDIS_URL is set; none with CACHE=off. Without Redis, the
+ * in-process cache, when one process serves (WORKERS=1) and either the database tells of other
+ * processes' commits (`databaseVersion`: SQLite's data_version) or CACHE=on asks for it. Without
+ * `databaseVersion` the in-process cache is coherent within one process only, and nothing here
+ * can tell that other instances share the database (several containers behind a load balancer,
+ * each with WORKERS=1): one of them would answer from an entry another one's write made old. So
+ * PostgreSQL and MySQL/MariaDB have no cache by default without Redis (README, Cache).
  */
 export async function createCache(
   config: Config,
   logger: FastifyBaseLogger,
+  databaseVersion: (() => number) | null,
 ): Promise<{ readonly cache: CustomerCache; readonly redis: Redis | null }> {
   if (config.cache === "off") {
     return { cache: new NoCache(), redis: null };
   }
   if (config.redisUrl === null) {
-    if (config.cache === "auto") {
+    if (config.cache === "auto" && databaseVersion === null) {
       return { cache: new NoCache(), redis: null };
     }
     if (config.workers > 1) {
-      logger.warn(
-        "WORKERS > 1 without REDIS_URL: the in-process cache would not be shared, so it is off",
-      );
+      // With databaseVersion it would be coherent, but every write of another worker empties it.
+      if (config.cache === "on") {
+        logger.warn(
+          "WORKERS > 1 without REDIS_URL: the in-process cache would not be shared, so it is off",
+        );
+      }
       return { cache: new NoCache(), redis: null };
     }
     const cache = new MemoryCustomerCache({
       ttlSeconds: config.cacheTtlSeconds,
       maxEntries: config.cacheMaxEntries,
+      ...(databaseVersion === null ? {} : { databaseVersion }),
     });
     return { cache, redis: null };
   }
@@ -218,7 +224,8 @@ export async function createDeps(config: Config, logger: FastifyBaseLogger): Pro
   let built: { cache: CustomerCache; redis: Redis | null } | null = null;
   let security: SecurityOptions;
   try {
-    built = await createCache(config, logger);
+    const { sqlite } = database;
+    built = await createCache(config, logger, sqlite === null ? null : () => sqlite.dataVersion());
     security = await securityOf(config, logger, built.redis);
   } catch (error) {
     await built?.cache.close().catch(() => undefined);

@@ -19,10 +19,17 @@ export interface CacheLookup {
    * reads again and locks whatever else it finds.
    */
   readonly lead: readonly number[];
+  /**
+   * The cache's epoch at the lookup. A cache that empties itself when the database changed
+   * behind it (the in-process cache on SQLite, when another process commits) starts a new epoch
+   * then, and a publication whose lookup is of an earlier epoch stores no entry (see `publish`).
+   * Always 0 for the others.
+   */
+  readonly epoch: number;
 }
 
 /** A miss that knows nothing. */
-export const MISS: CacheLookup = { customer: null, ticket: null, lead: [] };
+export const MISS: CacheLookup = { customer: null, ticket: null, lead: [], epoch: 0 };
 
 /** The lead of a miss (CacheLookup.lead) from the cached customers its index names. */
 export function leadOf(customers: readonly Customer[], request: IdentifyRequest): number[] {
@@ -52,6 +59,8 @@ export interface CacheStats {
   repairs: number;
   /** Cache operations that failed or timed out (the request went on without the cache). */
   errors: number;
+  /** Times the in-process cache emptied itself: another process committed to the database. */
+  emptied: number;
 }
 
 /**
@@ -99,11 +108,15 @@ export interface CustomerCache {
    * and points the index of the request's identifiers at the customer. If the backend cannot be
    * reached, the customer's entry is dropped and the tombstones written as soon as it can be, and
    * lookups miss until then.
+   *
+   * `since` is the lookup the request began with. A cache that emptied itself after it (a new
+   * `epoch`) stores no entry for `customer`: what emptied it may be newer than the customer.
    */
   publish(
     customer: Customer,
     demotedPrimaryIds: readonly number[],
     request: IdentifyRequest,
+    since: CacheLookup,
   ): Promise<void>;
   stats(): CacheStats;
   /** False while the backend cannot be used (Redis unreachable, or a publication owed to it). */
@@ -125,6 +138,7 @@ export function emptyStats(): CacheStats {
     publications: 0,
     repairs: 0,
     errors: 0,
+    emptied: 0,
   };
 }
 

@@ -9,6 +9,12 @@ export interface MemoryCacheOptions {
   readonly ttlSeconds: number;
   /** Customers kept at most, and identifiers indexed at most; the least recently used go. */
   readonly maxEntries: number;
+  /**
+   * A number that moves whenever another process has committed to the database (SQLite's
+   * `PRAGMA data_version`). With it the cache is coherent with writers in other processes: see
+   * `MemoryCustomerCache`. Without it, coherent within this process only.
+   */
+  readonly databaseVersion?: () => number;
 }
 
 /**
@@ -28,8 +34,21 @@ function replaces(customer: Customer, current: Slot["entry"]): boolean {
 }
 
 /**
- * The cache in this process's memory, with the same rules as the Redis one. Coherent within one
- * process only: with several processes, use Redis (or CACHE=off).
+ * The cache in this process's memory, with the same rules as the Redis one. Without
+ * `databaseVersion`, coherent within one process only: with several processes, use Redis (or
+ * CACHE=off).
+ *
+ * With `databaseVersion` (SQLite), another process's commits empty it. Lookups are answered at
+ * the end of the turn of the event loop in which they were made; before answering them, the
+ * cache reads the version once for the whole turn. If it moved since the last reading, another
+ * process committed: the cache empties itself and starts a new epoch, and the turn's lookups
+ * answer misses. A write acknowledged to a client before it sent a request committed before that
+ * request was read, so before the version read that guards its answer. Whatever the cache holds
+ * at an unchanged reading is as new as the database: an entry can only come from a fill (its
+ * ticket dies with an emptying), or from a publication, which stores nothing if the cache was
+ * emptied since the request's lookup (`publish`'s `since`), so no state older than an emptying
+ * survives it. Another process's commit that lands after a fill or publication moves the version
+ * before the next answer.
  *
  * Nothing leaves the process, so it needs none of the Redis cache's digests: customers are kept
  * under their primary id, with the generation beside the entry, and the index maps each
@@ -44,45 +63,93 @@ export class MemoryCustomerCache implements CustomerCache {
   private readonly index: LRUCache<string, number>;
   private readonly counters = emptyStats();
   private lastGeneration = 0;
+  private readonly databaseVersion: (() => number) | null;
+  /** The database's version at the last reading (null: unknown, the next reading empties). */
+  private lastVersion: number | null = null;
+  private epoch = 0;
+  /** This turn's version reading, which the turn's lookups wait for; null outside a turn. */
+  private turnChecked: Promise<void> | null = null;
 
   constructor(options: MemoryCacheOptions) {
     const ttl = options.ttlSeconds * 1000;
     this.customers = new LRUCache<number, Slot>({ max: options.maxEntries, ttl });
     this.index = new LRUCache<string, number>({ max: options.maxEntries, ttl });
+    this.databaseVersion = options.databaseVersion ?? null;
+    this.lastVersion = this.readVersion();
   }
 
   /**
    * Answered at the end of this turn of the event loop, with every other lookup of the turn
    * (endOfTurn): answering at once cost the server more CPU per request than the lookup itself.
+   * With `databaseVersion`, after the turn's reading of it (see the class comment).
    */
   async lookup(request: IdentifyRequest): Promise<CacheLookup> {
     const found = this.find(request);
-    await endOfTurn();
+    const epoch = this.epoch;
+    await this.endOfTurnChecked();
+    if (this.epoch !== epoch) {
+      if (found.customer !== null) {
+        this.counters.hits--;
+        this.counters.misses++;
+      }
+      return { ...MISS, epoch: this.epoch };
+    }
     return found;
+  }
+
+  private endOfTurnChecked(): Promise<void> {
+    if (this.databaseVersion === null) {
+      return endOfTurn();
+    }
+    return (this.turnChecked ??= endOfTurn().then(() => {
+      this.turnChecked = null;
+      const version = this.readVersion();
+      if (version === null || version !== this.lastVersion) {
+        this.empty();
+      }
+      this.lastVersion = version;
+    }));
+  }
+
+  /** The database's version now; null if there is none or it cannot be read (closed). */
+  private readVersion(): number | null {
+    try {
+      return this.databaseVersion?.() ?? null;
+    } catch {
+      return null;
+    }
+  }
+
+  /** Drops every entry and index key; tickets and lookups of the old epoch are refused. */
+  private empty(): void {
+    this.customers.clear();
+    this.index.clear();
+    this.epoch++;
+    this.counters.emptied++;
   }
 
   private find(request: IdentifyRequest): CacheLookup {
     const primaryId = this.indexedCustomer(request);
     if (primaryId === null) {
       this.counters.misses++;
-      return { ...MISS, lead: this.lead(request) };
+      return { ...MISS, lead: this.lead(request), epoch: this.epoch };
     }
     let slot = this.customers.get(primaryId);
     const entry = slot?.entry ?? null;
     if (entry !== null && entry !== DEMOTED && customerHolds(entry, request)) {
       this.counters.hits++;
-      return { customer: entry, ticket: null, lead: [] };
+      return { customer: entry, ticket: null, lead: [], epoch: this.epoch };
     }
     this.counters.misses++;
     if (entry === DEMOTED) {
-      return MISS;
+      return { ...MISS, epoch: this.epoch };
     }
     if (slot === undefined) {
       slot = { entry: null, generation: this.nextGeneration() };
       this.customers.set(primaryId, slot);
     }
     const ticket = { digest: customerDigest(primaryId), generation: String(slot.generation) };
-    return { customer: null, ticket, lead: [] };
+    return { customer: null, ticket, lead: [], epoch: this.epoch };
   }
 
   /**
@@ -163,11 +230,13 @@ export class MemoryCustomerCache implements CustomerCache {
     customer: Customer,
     demotedPrimaryIds: readonly number[],
     request: IdentifyRequest,
+    since: CacheLookup,
   ): Promise<void> {
     const primaryId = customer.primaryContactId;
-    // An equal or newer version (or a tombstone) stays, under the new generation.
+    // An equal or newer version (or a tombstone) stays, under the new generation. Emptied since
+    // the lookup, the customer may be older than what emptied it: only the generation moves.
     const current = this.customers.get(primaryId)?.entry ?? null;
-    const entry = replaces(customer, current) ? customer : current;
+    const entry = since.epoch === this.epoch && replaces(customer, current) ? customer : current;
     this.customers.set(primaryId, { entry, generation: this.nextGeneration() });
     for (const id of demotedPrimaryIds) {
       this.tombstone(id);

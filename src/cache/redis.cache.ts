@@ -367,7 +367,7 @@ export class RedisCustomerCache implements CustomerCache {
         const parsed = JSON.parse(entry) as Customer | { demoted: true };
         if ("primaryContactId" in parsed && customerHolds(parsed, request)) {
           this.counters.hits++;
-          return { customer: parsed, ticket: null, lead: [] };
+          return { customer: parsed, ticket: null, lead: [], epoch: 0 };
         }
         this.counters.misses++;
         return MISS;

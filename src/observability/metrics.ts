@@ -30,6 +30,7 @@ const CACHE_RESULTS: [keyof CacheStats, string][] = [
   ["publications", "publication"],
   ["repairs", "repair"],
   ["errors", "error"],
+  ["emptied", "emptied"],
 ];
 
 export function createMetrics(sources: MetricSources): Metrics {
@@ -66,7 +67,7 @@ export function createMetrics(sources: MetricSources): Metrics {
   }
   new Counter({
     name: "cache_operations_total",
-    help: "Cache lookups and writes by result: hit, miss, fill, stale_fill_refused, publication, error.",
+    help: "Cache lookups and writes by result: hit, miss, fill, stale_fill_refused, publication, repair, error, emptied (the in-process cache on SQLite, after another process committed).",
     labelNames: ["result"] as const,
     registers: [registry],
     collect() {

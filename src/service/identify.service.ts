@@ -118,7 +118,7 @@ export class IdentifyService {
     if (plan.outcome === "unchanged") {
       await this.cache.hint(request, customer);
     } else {
-      await this.cache.publish(customer, plan.relinkGroups, request);
+      await this.cache.publish(customer, plan.relinkGroups, request, lookup);
     }
     return { customer, outcome: plan.outcome, cached: false };
   }

@@ -96,6 +96,17 @@ export class SqliteSession {
     return this.enqueue(() => Promise.resolve(read()), false);
   }
 
+  /**
+   * SQLite's `PRAGMA data_version`: a number that moves when another connection (another process
+   * on the file) has committed since the connection last looked, and never for this connection's
+   * own commits. Outside a transaction it reads the file as it is now. Not a statement of any
+   * request, so not reported to `onStatement`: the in-process cache calls it once per turn of
+   * the event loop (cache/memory.cache.ts).
+   */
+  dataVersion(): number {
+    return this.prepare("pragma data_version").pluck().get() as number;
+  }
+
   /** Resolves once every queued transaction has settled (before closing the connection). */
   async flush(): Promise<void> {
     while (this.draining !== null) {

@@ -33,6 +33,14 @@ const adapters: Adapter[] = [
     create: (ttlSeconds = 3600) =>
       Promise.resolve(new MemoryCustomerCache({ ttlSeconds, maxEntries: 1000 })),
   },
+  {
+    // As on SQLite, with no other process committing (the version never moves): the same rules.
+    name: "in-process, with a database version",
+    create: (ttlSeconds = 3600) =>
+      Promise.resolve(
+        new MemoryCustomerCache({ ttlSeconds, maxEntries: 1000, databaseVersion: () => 1 }),
+      ),
+  },
 ];
 if (redisUrl !== null) {
   adapters.push({
@@ -54,6 +62,9 @@ after(async () => {
     }
   }
 });
+
+// Publications below pass MISS as the lookup they follow: epoch 0, no cache here ever empties
+// itself (test/cache/memory-cache.test.ts has those that do).
 
 let counter = 0;
 function fresh(): { request: IdentifyRequest; customer: Customer } {
@@ -85,7 +96,7 @@ async function publishedAfterTicket(cache: CustomerCache) {
     emails: [...customer.emails, "grown@hillvalley.edu"],
     secondaryContactIds: [customer.primaryContactId + 1],
   };
-  await cache.publish(grown, [], request);
+  await cache.publish(grown, [], request, MISS);
   return { request, customer, ticket, grown };
 }
 
@@ -117,11 +128,12 @@ for (const adapter of adapters) {
       assert.ok(miss.ticket);
       assert.equal(miss.ticket.digest, customerDigest(customer.primaryContactId));
       await cache.fill(miss.ticket, customer, request);
-      assert.deepEqual(await cache.lookup(request), { customer, ticket: null, lead: [] });
+      assert.deepEqual(await cache.lookup(request), { customer, ticket: null, lead: [], epoch: 0 });
       assert.deepEqual(await cache.lookup({ email: request.email, phoneNumber: null }), {
         customer,
         ticket: null,
         lead: [],
+        epoch: 0,
       });
       assert.deepEqual(
         { hits: cache.stats().hits, fills: cache.stats().fills },
@@ -161,7 +173,7 @@ for (const adapter of adapters) {
       const a = fresh();
       const b = fresh();
       for (const { request, customer } of [a, b]) {
-        await cache.publish(customer, [], request);
+        await cache.publish(customer, [], request, MISS);
       }
       const [aId, bId] = [a.customer.primaryContactId, b.customer.primaryContactId];
       // A new phone for a's customer; a bridge of the two, in ascending id order either way.
@@ -175,7 +187,7 @@ for (const adapter of adapters) {
       );
       // The phone's index is gone but the customer holds it: nothing to write, no lead.
       const c = fresh();
-      await cache.publish(c.customer, [], { email: c.request.email, phoneNumber: null });
+      await cache.publish(c.customer, [], { email: c.request.email, phoneNumber: null }, MISS);
       assert.deepEqual(await cache.lookup(c.request), MISS);
       // A customer merged away is a tombstone, which leads nowhere.
       const merged: Customer = {
@@ -184,14 +196,14 @@ for (const adapter of adapters) {
         phoneNumbers: [...a.customer.phoneNumbers, ...b.customer.phoneNumbers],
         secondaryContactIds: [bId],
       };
-      await cache.publish(merged, [bId], a.request);
+      await cache.publish(merged, [bId], a.request, MISS);
       assert.deepEqual(
         await cache.lookup({ email: b.request.email, phoneNumber: "+19990000002" }),
         MISS,
       );
       // Nor a lead short of it: b's email reaches a's customer, which its index does not say.
       const d = fresh();
-      await cache.publish(d.customer, [], d.request);
+      await cache.publish(d.customer, [], d.request, MISS);
       assert.deepEqual(
         await cache.lookup({ email: b.request.email, phoneNumber: d.request.phoneNumber }),
         MISS,
@@ -210,10 +222,10 @@ for (const adapter of adapters) {
         phoneNumbers: [...customer.phoneNumbers, "+19990001"],
         secondaryContactIds: [customer.primaryContactId + 1],
       };
-      await cache.publish(grown, [], { email: request.email, phoneNumber: "+19990001" });
+      await cache.publish(grown, [], { email: request.email, phoneNumber: "+19990001" }, MISS);
       assert.deepEqual((await cache.lookup(request)).customer, grown);
       // A writer whose publication arrives late, with the older state, changes nothing.
-      await cache.publish(customer, [], request);
+      await cache.publish(customer, [], request, MISS);
       assert.deepEqual((await cache.lookup(request)).customer, grown);
       assert.deepEqual(
         (await cache.lookup({ email: null, phoneNumber: "+19990001" })).customer,
@@ -239,10 +251,10 @@ for (const adapter of adapters) {
       assert.ok(ticket);
       const other = fresh();
       // A merge demotes this customer: its entry becomes a tombstone, never to be filled again.
-      await cache.publish(other.customer, [customer.primaryContactId], other.request);
+      await cache.publish(other.customer, [customer.primaryContactId], other.request, MISS);
       await cache.fill(ticket, customer, request);
       assert.deepEqual(await cache.lookup(request), MISS);
-      await cache.publish(customer, [], request);
+      await cache.publish(customer, [], request, MISS);
       assert.equal(
         (await cache.lookup({ email: request.email, phoneNumber: null })).customer,
         null,

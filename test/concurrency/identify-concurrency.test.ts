@@ -41,12 +41,15 @@ interface Body {
  */
 const redisUrl = testRedisUrl();
 
-// Without Redis the database alone is under test: an in-process cache is per process, so two
-// processes without Redis run with CACHE=off (see README). With Redis, a miss that names cached
-// customers goes straight to the locked transaction (the cache's lead), a path of its own.
-for (const [dialect, cache] of dialectsUnderTest().flatMap((d) =>
-  redisUrl === null ? [[d, "off"] as const] : [[d, "off"] as const, [d, "redis"] as const],
-)) {
+// With CACHE=off the database alone is under test. With Redis, a miss that names cached
+// customers goes straight to the locked transaction (the cache's lead), a path of its own. On
+// SQLite each process also runs its default, an in-process cache that the other's commits empty.
+for (const [dialect, cache] of [
+  ...dialectsUnderTest().flatMap((d) =>
+    redisUrl === null ? [[d, "off"] as const] : [[d, "off"] as const, [d, "redis"] as const],
+  ),
+  ["sqlite", "in-process"] as const,
+]) {
   describe(
     `concurrent identify from two processes on ${dialect}, cache ${cache}`,
     { timeout: 180_000 },
@@ -64,7 +67,9 @@ for (const [dialect, cache] of dialectsUnderTest().flatMap((d) =>
         const env: Record<string, string> =
           cache === "off"
             ? { DATABASE_URL: test.url, CACHE: "off" }
-            : { DATABASE_URL: test.url, REDIS_URL: redisUrl ?? "", CACHE_PREFIX: prefix };
+            : cache === "redis"
+              ? { DATABASE_URL: test.url, REDIS_URL: redisUrl ?? "", CACHE_PREFIX: prefix }
+              : { DATABASE_URL: test.url };
         servers = await Promise.all([startServer(env), startServer(env)]);
       });
 
