@@ -278,6 +278,17 @@ function outcomeCounts(text: string): Record<string, number> {
   return counts;
 }
 
+/** cache_operations_total by result (hit, miss, emptied, …), from a scrape; zeros left out. */
+function cacheCounts(text: string): Record<string, number> {
+  const counts: Record<string, number> = {};
+  for (const match of text.matchAll(/^cache_operations_total\{result="(\w+)"\} (\d+)/gm)) {
+    if (Number(match[2]) > 0) {
+      counts[match[1] ?? ""] = Number(match[2]);
+    }
+  }
+  return counts;
+}
+
 /** The server's memory by kind, in MB, from the Node.js metrics of a scrape. */
 function memoryMb(text: string): Record<string, number> {
   const memory: Record<string, number> = {};
@@ -497,6 +508,7 @@ async function runConfig(
     const outcomes = outcomeShares(before, outcomeCounts(after));
     log(`${key}: outcomes (%) ${JSON.stringify(outcomes)}`);
     log(`${key}: memory after the run (MB) ${JSON.stringify(memoryMb(after))}`);
+    log(`${key}: cache operations since start ${JSON.stringify(cacheCounts(after))}`);
     const batches = sqliteBatchSizes(after);
     if (batches !== null) {
       log(`${key}: SQLite transactions per batch since start ${JSON.stringify(batches)}`);

@@ -1,13 +1,16 @@
 import { LRUCache } from "lru-cache";
 import type { Customer, IdentifyRequest } from "../domain/contact.js";
-import { customerHolds, identifierKeys } from "../domain/contact.js";
+import { customerHolds } from "../domain/contact.js";
 import { endOfTurn } from "../end-of-turn.js";
 import { customerDigest, emptyStats, leadOf, MISS, versionOf } from "./customer-cache.js";
 import type { CacheLookup, CacheStats, CustomerCache, FillTicket } from "./customer-cache.js";
 
 export interface MemoryCacheOptions {
   readonly ttlSeconds: number;
-  /** Customers kept at most, and identifiers indexed at most; the least recently used go. */
+  /**
+   * Customers kept at most, and emails and phone numbers indexed at most (each); the least
+   * recently used go.
+   */
   readonly maxEntries: number;
   /**
    * A number that moves whenever another process has committed to the database (SQLite's
@@ -27,6 +30,19 @@ interface Slot {
 }
 
 const DEMOTED = "demoted";
+
+/**
+ * The customer as kept: arrays of their exact length. Built with push, an array has room for 16
+ * elements or more, 150 bytes where a customer's secondaries are kept.
+ */
+function kept(customer: Customer): Customer {
+  return {
+    primaryContactId: customer.primaryContactId,
+    emails: customer.emails.slice(),
+    phoneNumbers: customer.phoneNumbers.slice(),
+    secondaryContactIds: customer.secondaryContactIds.slice(),
+  };
+}
 
 /** True when `customer` may take the place of `current`: no tombstone, no equal or newer version. */
 function replaces(customer: Customer, current: Slot["entry"]): boolean {
@@ -51,16 +67,19 @@ function replaces(customer: Customer, current: Slot["entry"]): boolean {
  * before the next answer.
  *
  * Nothing leaves the process, so it needs none of the Redis cache's digests: customers are kept
- * under their primary id, with the generation beside the entry, and the index maps each
- * identifier key itself to the primary id (hashing two identifiers was most of a cache hit's own
- * cost). Generations count up from 1: nothing can bring an old one back, since the counter and
- * the cache live and die with the process. Only a ticket carries the customer's digest, as the
- * contract says.
+ * under their primary id, with the generation beside the entry, and the index maps each email
+ * and each phone number itself to the primary id (hashing two identifiers was most of a cache
+ * hit's own cost), under the customer's own string where it holds it, so that the index costs no
+ * copy of it. Index entries have no TTL: one that outlives its customer only names a primary id
+ * whose entry is gone. Generations count up from 1: nothing can bring an old one back, since the
+ * counter and the cache live and die with the process. Only a ticket carries the customer's
+ * digest, as the contract says.
  */
 export class MemoryCustomerCache implements CustomerCache {
   readonly kind = "memory" as const;
   private readonly customers: LRUCache<number, Slot>;
-  private readonly index: LRUCache<string, number>;
+  private readonly emails: LRUCache<string, number>;
+  private readonly phones: LRUCache<string, number>;
   private readonly counters = emptyStats();
   private lastGeneration = 0;
   private readonly databaseVersion: (() => number) | null;
@@ -73,7 +92,8 @@ export class MemoryCustomerCache implements CustomerCache {
   constructor(options: MemoryCacheOptions) {
     const ttl = options.ttlSeconds * 1000;
     this.customers = new LRUCache<number, Slot>({ max: options.maxEntries, ttl });
-    this.index = new LRUCache<string, number>({ max: options.maxEntries, ttl });
+    this.emails = new LRUCache<string, number>({ max: options.maxEntries });
+    this.phones = new LRUCache<string, number>({ max: options.maxEntries });
     this.databaseVersion = options.databaseVersion ?? null;
     this.lastVersion = this.readVersion();
   }
@@ -123,7 +143,8 @@ export class MemoryCustomerCache implements CustomerCache {
   /** Drops every entry and index key; tickets and lookups of the old epoch are refused. */
   private empty(): void {
     this.customers.clear();
-    this.index.clear();
+    this.emails.clear();
+    this.phones.clear();
     this.epoch++;
     this.counters.emptied++;
   }
@@ -159,8 +180,10 @@ export class MemoryCustomerCache implements CustomerCache {
    */
   private lead(request: IdentifyRequest): number[] {
     const customers: Customer[] = [];
-    for (const key of identifierKeys(request)) {
-      const primaryId = this.index.get(key);
+    for (const primaryId of [
+      request.email === null ? undefined : this.emails.get(request.email),
+      request.phoneNumber === null ? undefined : this.phones.get(request.phoneNumber),
+    ]) {
       if (primaryId === undefined) {
         continue;
       }
@@ -186,8 +209,8 @@ export class MemoryCustomerCache implements CustomerCache {
       return Promise.resolve();
     }
     if (replaces(customer, slot.entry)) {
-      this.customers.set(primaryId, { entry: customer, generation: slot.generation });
-      this.point(request, primaryId);
+      this.customers.set(primaryId, { entry: kept(customer), generation: slot.generation });
+      this.point(request, customer);
       this.counters.fills++;
     } else {
       this.counters.staleFillsRefused++;
@@ -197,10 +220,10 @@ export class MemoryCustomerCache implements CustomerCache {
 
   hint(request: IdentifyRequest, customer: Customer): Promise<void> {
     const primaryId = customer.primaryContactId;
-    this.point(request, primaryId);
+    this.point(request, customer);
     const slot = this.customers.get(primaryId);
     if (slot !== undefined && slot.entry !== null && replaces(customer, slot.entry)) {
-      this.customers.set(primaryId, { entry: customer, generation: slot.generation });
+      this.customers.set(primaryId, { entry: kept(customer), generation: slot.generation });
       this.counters.repairs++;
     }
     this.demoteSecondaries(customer);
@@ -236,12 +259,13 @@ export class MemoryCustomerCache implements CustomerCache {
     // An equal or newer version (or a tombstone) stays, under the new generation. Emptied since
     // the lookup, the customer may be older than what emptied it: only the generation moves.
     const current = this.customers.get(primaryId)?.entry ?? null;
-    const entry = since.epoch === this.epoch && replaces(customer, current) ? customer : current;
+    const entry =
+      since.epoch === this.epoch && replaces(customer, current) ? kept(customer) : current;
     this.customers.set(primaryId, { entry, generation: this.nextGeneration() });
     for (const id of demotedPrimaryIds) {
       this.tombstone(id);
     }
-    this.point(request, primaryId);
+    this.point(request, customer);
     this.counters.publications += 1 + demotedPrimaryIds.length;
     return Promise.resolve();
   }
@@ -256,7 +280,8 @@ export class MemoryCustomerCache implements CustomerCache {
 
   close(): Promise<void> {
     this.customers.clear();
-    this.index.clear();
+    this.emails.clear();
+    this.phones.clear();
     return Promise.resolve();
   }
 
@@ -264,23 +289,32 @@ export class MemoryCustomerCache implements CustomerCache {
     return ++this.lastGeneration;
   }
 
-  /** Points the index of the request's identifiers at the customer. */
-  private point(request: IdentifyRequest, primaryId: number): void {
-    for (const key of identifierKeys(request)) {
-      this.index.set(key, primaryId);
+  /**
+   * Points the index of the request's identifiers at the customer, under the customer's own
+   * strings where it holds them.
+   */
+  private point(request: IdentifyRequest, customer: Customer): void {
+    const { email, phoneNumber } = request;
+    if (email !== null) {
+      const key = customer.emails.find((own) => own === email) ?? email;
+      this.emails.set(key, customer.primaryContactId);
+    }
+    if (phoneNumber !== null) {
+      const key = customer.phoneNumbers.find((own) => own === phoneNumber) ?? phoneNumber;
+      this.phones.set(key, customer.primaryContactId);
     }
   }
 
   /** The primary id every identifier of the request is indexed under, or null. */
   private indexedCustomer(request: IdentifyRequest): number | null {
-    let primaryId: number | null = null;
-    for (const key of identifierKeys(request)) {
-      const found = this.index.get(key);
-      if (found === undefined || (primaryId !== null && found !== primaryId)) {
-        return null;
-      }
-      primaryId = found;
+    const byEmail = request.email === null ? null : this.emails.get(request.email);
+    const byPhone = request.phoneNumber === null ? null : this.phones.get(request.phoneNumber);
+    if (byEmail === undefined || byPhone === undefined) {
+      return null;
     }
-    return primaryId;
+    if (byEmail !== null && byPhone !== null && byEmail !== byPhone) {
+      return null;
+    }
+    return byEmail ?? byPhone;
   }
 }
