@@ -5,7 +5,7 @@
  * benchmarks/results/.
  *
  * Options: --customers N (10000), --duration S (10), --connections N (32), --bulk (load rows
- * directly instead of through the API), --configs a,b (sqlite, mysql, postgres, sqlite-nocache,
+ * directly instead of through the API), --configs a,b (sqlite, mysql, postgres, sqlite-memcache,
  * mysql-nocache, postgres-nocache), --workers N (server processes), --mix R,I,C,B (percent of
  * repeats, new information, new customers, bridges: 85,10,4,1), --rounds N (1: measure the
  * ceiling and each configuration alternately N times, and report the round of the median ratio),
@@ -36,7 +36,7 @@ const { values: args } = parseArgs({
     connections: { type: "string", default: "32" },
     configs: {
       type: "string",
-      default: "sqlite,mysql,postgres,sqlite-nocache,mysql-nocache,postgres-nocache",
+      default: "sqlite,mysql,postgres,sqlite-memcache,mysql-nocache,postgres-nocache",
     },
     bulk: { type: "boolean", default: false },
     workers: { type: "string", default: "1" },
@@ -65,8 +65,8 @@ interface ConfigSpec {
 }
 
 const SPECS: Record<string, ConfigSpec> = {
-  sqlite: { name: "SQLite (default: in-process cache)", dialect: "sqlite", cache: "memory" },
-  "sqlite-nocache": { name: "SQLite, cache off", dialect: "sqlite", cache: "off" },
+  sqlite: { name: "SQLite (default: no cache)", dialect: "sqlite", cache: "off" },
+  "sqlite-memcache": { name: "SQLite, in-process cache", dialect: "sqlite", cache: "memory" },
   mysql: { name: "MariaDB + Redis", dialect: "mysql", cache: "redis" },
   "mysql-nocache": { name: "MariaDB, cache off", dialect: "mysql", cache: "off" },
   postgres: { name: "PostgreSQL + Redis", dialect: "postgres", cache: "redis" },

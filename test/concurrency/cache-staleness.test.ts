@@ -59,7 +59,7 @@ function covers(later: Answer, earlier: Answer): boolean {
  * must include everything an answer sent before it showed for the same identifier (customers only
  * grow), whichever process serves it, and at the end every identifier answers the database's truth.
  * With Redis the processes share the cache. On SQLite without Redis each has its own in-process
- * cache (the default), which the other's commits must empty (data_version).
+ * cache (CACHE=on), which the other's commits must empty (data_version).
  */
 const suites = [
   ...(redisUrl === null ? [] : dialectsUnderTest().map((dialect) => [dialect, "redis"] as const)),
@@ -81,7 +81,7 @@ for (const [dialect, cache] of suites) {
         const env: Record<string, string> =
           cache === "redis"
             ? { DATABASE_URL: test.url, REDIS_URL: redisUrl ?? "", CACHE_PREFIX: prefix }
-            : { DATABASE_URL: test.url };
+            : { DATABASE_URL: test.url, CACHE: "on" };
         servers = await Promise.all([startServer(env), startServer(env)]);
         const kinds = await Promise.all(servers.map((server) => cacheKindOf(server.url)));
         assert.deepEqual(kinds, [

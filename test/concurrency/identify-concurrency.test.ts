@@ -43,7 +43,7 @@ const redisUrl = testRedisUrl();
 
 // With CACHE=off the database alone is under test. With Redis, a miss that names cached
 // customers goes straight to the locked transaction (the cache's lead), a path of its own. On
-// SQLite each process also runs its default, an in-process cache that the other's commits empty.
+// SQLite each process also runs with CACHE=on: an in-process cache that the other's commits empty.
 for (const [dialect, cache] of [
   ...dialectsUnderTest().flatMap((d) =>
     redisUrl === null ? [[d, "off"] as const] : [[d, "off"] as const, [d, "redis"] as const],
@@ -69,7 +69,7 @@ for (const [dialect, cache] of [
             ? { DATABASE_URL: test.url, CACHE: "off" }
             : cache === "redis"
               ? { DATABASE_URL: test.url, REDIS_URL: redisUrl ?? "", CACHE_PREFIX: prefix }
-              : { DATABASE_URL: test.url };
+              : { DATABASE_URL: test.url, CACHE: "on" };
         servers = await Promise.all([startServer(env), startServer(env)]);
       });
 
