@@ -69,17 +69,17 @@ function replaces(customer: Customer, current: Slot["entry"]): boolean {
  * answer misses. A write acknowledged to a client before it sent a request committed before that
  * request was read, so before the version read that guards its answer. Whatever the cache holds
  * at an unchanged reading is as new as the database: an entry can only come from a fill (its
- * ticket dies with an emptying), or from a publication, which stores nothing if the cache was
+ * ticket dies with an emptying), or from a publication, which creates none if the cache was
  * emptied since the request's lookup (`publish`'s `since`), so no state older than an emptying
- * survives it. Another process's commit that lands after a fill or publication moves the version
+ * survives it; it still replaces an older entry, which was read after the emptying, since a
+ * newer version of the customer was committed after that read. Another process's commit that lands after a fill or publication moves the version
  * before the next answer.
  *
  * Nothing leaves the process, so it needs none of the Redis cache's digests: customers are kept
  * under their primary id, with the generation beside the entry, and the index maps each email
  * and each phone number itself to the primary id (hashing two identifiers was most of a cache
  * hit's own cost), under the customer's own string where it holds it, so that the index costs no
- * copy of it. Index entries have no TTL: one that outlives its customer only names a primary id
- * whose entry is gone. Generations count up from 1: nothing can bring an old one back, since the
+ * copy of it. Generations count up from 1: nothing can bring an old one back, since the
  * counter and the cache live and die with the process. Only a ticket carries the customer's
  * digest, as the contract says.
  */
@@ -92,7 +92,7 @@ export class MemoryCustomerCache implements CustomerCache {
   private lastGeneration = 0;
   private readonly databaseVersion: (() => number) | null;
   /** The database's version at the last reading (null: unknown, the next reading empties). */
-  private lastVersion: number | null = null;
+  private lastVersion: number | null;
   private epoch = 0;
   /** This turn's version reading, which the turn's lookups wait for; null outside a turn. */
   private turnChecked: Promise<void> | null = null;
@@ -101,8 +101,8 @@ export class MemoryCustomerCache implements CustomerCache {
     const ttl = options.ttlSeconds * 1000;
     this.customers = new LRUCache<number, Slot>({ max: options.maxEntries, ttl });
     const indexed = options.maxEntries * INDEX_PER_CUSTOMER;
-    this.emails = new LRUCache<string, number>({ max: indexed });
-    this.phones = new LRUCache<string, number>({ max: indexed });
+    this.emails = new LRUCache<string, number>({ max: indexed, ttl });
+    this.phones = new LRUCache<string, number>({ max: indexed, ttl });
     this.databaseVersion = options.databaseVersion ?? null;
     this.lastVersion = this.readVersion();
   }
@@ -117,11 +117,13 @@ export class MemoryCustomerCache implements CustomerCache {
     const epoch = this.epoch;
     await this.endOfTurnChecked();
     if (this.epoch !== epoch) {
-      if (found.customer !== null) {
-        this.counters.hits--;
-        this.counters.misses++;
-      }
+      this.counters.misses++;
       return { ...MISS, epoch: this.epoch };
+    }
+    if (found.customer === null) {
+      this.counters.misses++;
+    } else {
+      this.counters.hits++;
     }
     return found;
   }
@@ -151,26 +153,27 @@ export class MemoryCustomerCache implements CustomerCache {
 
   /** Drops every entry and index key; tickets and lookups of the old epoch are refused. */
   private empty(): void {
+    this.clear();
+    this.epoch++;
+    this.counters.emptied++;
+  }
+
+  private clear(): void {
     this.customers.clear();
     this.emails.clear();
     this.phones.clear();
-    this.epoch++;
-    this.counters.emptied++;
   }
 
   private find(request: IdentifyRequest): CacheLookup {
     const primaryId = this.indexedCustomer(request);
     if (primaryId === null) {
-      this.counters.misses++;
       return { ...MISS, lead: this.lead(request), epoch: this.epoch };
     }
     let slot = this.customers.get(primaryId);
     const entry = slot?.entry ?? null;
     if (entry !== null && entry !== DEMOTED && customerHolds(entry, request)) {
-      this.counters.hits++;
       return { customer: entry, ticket: null, lead: [], epoch: this.epoch };
     }
-    this.counters.misses++;
     if (entry === DEMOTED) {
       return { ...MISS, epoch: this.epoch };
     }
@@ -266,10 +269,11 @@ export class MemoryCustomerCache implements CustomerCache {
   ): Promise<void> {
     const primaryId = customer.primaryContactId;
     // An equal or newer version (or a tombstone) stays, under the new generation. Emptied since
-    // the lookup, the customer may be older than what emptied it: only the generation moves.
+    // the lookup, the customer may be older than what emptied it: it creates no entry, and only
+    // replaces one (as hint does), which was read after the emptying and is older than it.
     const current = this.customers.get(primaryId)?.entry ?? null;
-    const entry =
-      since.epoch === this.epoch && replaces(customer, current) ? kept(customer) : current;
+    const stores = since.epoch === this.epoch || current !== null;
+    const entry = stores && replaces(customer, current) ? kept(customer) : current;
     this.customers.set(primaryId, { entry, generation: this.nextGeneration() });
     for (const id of demotedPrimaryIds) {
       this.tombstone(id);
@@ -288,9 +292,7 @@ export class MemoryCustomerCache implements CustomerCache {
   }
 
   close(): Promise<void> {
-    this.customers.clear();
-    this.emails.clear();
-    this.phones.clear();
+    this.clear();
     return Promise.resolve();
   }
 

@@ -77,7 +77,6 @@ describe("in-process cache with a database version", () => {
     const { cache, version } = open();
     const { request, customer } = fresh();
     await cache.hint(request, customer);
-    await cache.publish(fresh().customer, [], fresh().request, MISS);
     const { ticket } = await cache.lookup(request);
     assert.ok(ticket);
     version.now++;
@@ -101,6 +100,30 @@ describe("in-process cache with a database version", () => {
     assert.deepEqual((await cache.lookup(request)).customer, customer);
   });
 
+  it("lets a publication from before the version moved replace an older entry filled since", async () => {
+    const { cache, version } = open();
+    const { request, customer } = fresh();
+    const since = await cache.lookup(request); // the writer's lookup
+    version.now++;
+    await cache.lookup(fresh().request); // empties
+    // A reader fills the customer as it was before the writer's commit.
+    await cache.hint(request, customer);
+    const { ticket } = await cache.lookup(request);
+    assert.ok(ticket);
+    await cache.fill(ticket, customer, request);
+    // The writer commits a new phone, answers with it, and publishes.
+    const grown: Customer = {
+      ...customer,
+      phoneNumbers: [...customer.phoneNumbers, "+15550000000"],
+      secondaryContactIds: [customer.primaryContactId + 1],
+    };
+    await cache.publish(grown, [], { email: request.email, phoneNumber: "+15550000000" }, since);
+    assert.deepEqual(
+      (await cache.lookup({ email: request.email, phoneNumber: null })).customer,
+      grown,
+    );
+  });
+
   it("empties itself while the version cannot be read", async () => {
     let readable = true;
     const cache = new MemoryCustomerCache({
@@ -116,13 +139,17 @@ describe("in-process cache with a database version", () => {
     const { request, customer } = fresh();
     await cache.publish(customer, [], request, MISS);
     readable = false;
-    assert.equal((await cache.lookup(request)).customer, null);
-    await cache.publish(customer, [], request, await cache.lookup(request));
-    assert.equal((await cache.lookup(request)).customer, null);
+    // Every turn empties it: what was stored in one turn is gone at the next.
+    for (let turn = 0; turn < 3; turn++) {
+      const lookup = await cache.lookup(request);
+      assert.equal(lookup.customer, null);
+      await cache.publish(customer, [], request, lookup);
+    }
     assert.equal(cache.stats().emptied, 3);
     readable = true;
-    await cache.lookup(request); // a reading again: one last emptying, from the unknown version
+    await cache.lookup(request); // read again, but unlike the unknown version: one last emptying
     await cache.publish(customer, [], request, await cache.lookup(request));
     assert.deepEqual((await cache.lookup(request)).customer, customer);
+    assert.equal(cache.stats().emptied, 4);
   });
 });
