@@ -22,7 +22,7 @@ export interface CacheLookup {
   /**
    * The cache's epoch at the lookup. A cache that empties itself when the database changed
    * behind it (the in-process cache on SQLite, when another process commits) starts a new epoch
-   * then, and a publication whose lookup is of an earlier epoch stores no entry (see `publish`).
+   * then, and a publication whose lookup is of an earlier epoch creates no entry (see `publish`).
    * Always 0 for the others.
    */
   readonly epoch: number;
@@ -59,7 +59,10 @@ export interface CacheStats {
   repairs: number;
   /** Cache operations that failed or timed out (the request went on without the cache). */
   errors: number;
-  /** Times the in-process cache emptied itself: another process committed to the database. */
+  /**
+   * Times the in-process cache emptied itself: another process committed to the database (or
+   * the database's version could not be read).
+   */
   emptied: number;
 }
 
@@ -110,7 +113,8 @@ export interface CustomerCache {
    * lookups miss until then.
    *
    * `since` is the lookup the request began with. A cache that emptied itself after it (a new
-   * `epoch`) stores no entry for `customer`: what emptied it may be newer than the customer.
+   * `epoch`) creates no entry for `customer`, whose state may be older than what emptied it; it
+   * only replaces an older entry, which it read after emptying.
    */
   publish(
     customer: Customer,

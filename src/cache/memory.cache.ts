@@ -71,9 +71,9 @@ function replaces(customer: Customer, current: Slot["entry"]): boolean {
  * at an unchanged reading is as new as the database: an entry can only come from a fill (its
  * ticket dies with an emptying), or from a publication, which creates none if the cache was
  * emptied since the request's lookup (`publish`'s `since`), so no state older than an emptying
- * survives it; it still replaces an older entry, which was read after the emptying, since a
- * newer version of the customer was committed after that read. Another process's commit that lands after a fill or publication moves the version
- * before the next answer.
+ * survives it. Such a publication still replaces an older entry: that entry was read after the
+ * emptying, and the publication's newer version was committed after that read. Another process's
+ * commit that lands after a fill or publication moves the version before the next answer.
  *
  * Nothing leaves the process, so it needs none of the Redis cache's digests: customers are kept
  * under their primary id, with the generation beside the entry, and the index maps each email
