@@ -19,6 +19,7 @@ import {
   uniquePrefix,
 } from "../support/redis.js";
 import type { OwnRedis } from "../support/redis.js";
+import { freshCustomer } from "../support/customers.js";
 
 interface Adapter {
   readonly name: string;
@@ -66,28 +67,12 @@ after(async () => {
 // Publications below pass MISS as the lookup they follow: epoch 0, no cache here ever empties
 // itself (test/cache/memory-cache.test.ts has those that do).
 
-let counter = 0;
-function fresh(): { request: IdentifyRequest; customer: Customer } {
-  counter++;
-  const email = `doc${counter}@hillvalley.edu`;
-  const phoneNumber = `+1555${String(counter).padStart(6, "0")}`;
-  return {
-    request: { email, phoneNumber },
-    customer: {
-      primaryContactId: 1000 + counter,
-      emails: [email],
-      phoneNumbers: [phoneNumber],
-      secondaryContactIds: [],
-    },
-  };
-}
-
 /**
  * A reader's ticket for a fresh customer, then a writer that commits a new row of that customer
  * and publishes it, between the reader's database read and its fill.
  */
 async function publishedAfterTicket(cache: CustomerCache) {
-  const { request, customer } = fresh();
+  const { request, customer } = freshCustomer();
   await cache.hint(request, customer);
   const { ticket } = await cache.lookup(request);
   assert.ok(ticket);
@@ -114,14 +99,14 @@ for (const adapter of adapters) {
 
     it("misses without a ticket when the index knows nothing", async () => {
       const cache = await open();
-      const { request } = fresh();
+      const { request } = freshCustomer();
       assert.deepEqual(await cache.lookup(request), MISS);
       assert.equal(cache.stats().misses, 1);
     });
 
     it("gives a ticket once hinted, and a hit once filled with it", async () => {
       const cache = await open();
-      const { request, customer } = fresh();
+      const { request, customer } = freshCustomer();
       await cache.hint(request, customer);
       const miss = await cache.lookup(request);
       assert.equal(miss.customer, null);
@@ -143,7 +128,7 @@ for (const adapter of adapters) {
 
     it("misses when the cached customer lacks one of the request's values", async () => {
       const cache = await open();
-      const { request, customer } = fresh();
+      const { request, customer } = freshCustomer();
       await cache.hint(request, customer);
       const { ticket } = await cache.lookup(request);
       assert.ok(ticket);
@@ -158,8 +143,8 @@ for (const adapter of adapters) {
 
     it("misses without a ticket when the identifiers point at two customers", async () => {
       const cache = await open();
-      const a = fresh();
-      const b = fresh();
+      const a = freshCustomer();
+      const b = freshCustomer();
       await cache.hint({ email: a.request.email, phoneNumber: null }, a.customer);
       await cache.hint({ email: null, phoneNumber: b.request.phoneNumber }, b.customer);
       assert.deepEqual(
@@ -170,8 +155,8 @@ for (const adapter of adapters) {
 
     it("leads to the cached customers the index names, unless one holds every value", async () => {
       const cache = await open();
-      const a = fresh();
-      const b = fresh();
+      const a = freshCustomer();
+      const b = freshCustomer();
       for (const { request, customer } of [a, b]) {
         await cache.publish(customer, [], request, MISS);
       }
@@ -186,7 +171,7 @@ for (const adapter of adapters) {
         { ...MISS, lead: [aId, bId].sort((x, y) => x - y) },
       );
       // The phone's index is gone but the customer holds it: nothing to write, no lead.
-      const c = fresh();
+      const c = freshCustomer();
       await cache.publish(c.customer, [], { email: c.request.email, phoneNumber: null }, MISS);
       assert.deepEqual(await cache.lookup(c.request), MISS);
       // A customer merged away is a tombstone, which leads nowhere.
@@ -202,7 +187,7 @@ for (const adapter of adapters) {
         MISS,
       );
       // Nor a lead short of it: b's email reaches a's customer, which its index does not say.
-      const d = fresh();
+      const d = freshCustomer();
       await cache.publish(d.customer, [], d.request, MISS);
       assert.deepEqual(
         await cache.lookup({ email: b.request.email, phoneNumber: d.request.phoneNumber }),
@@ -212,7 +197,7 @@ for (const adapter of adapters) {
 
     it("lets a writer's publication replace an older entry, and never the reverse", async () => {
       const cache = await open();
-      const { request, customer } = fresh();
+      const { request, customer } = freshCustomer();
       await cache.hint(request, customer);
       const first = await cache.lookup(request);
       assert.ok(first.ticket);
@@ -245,11 +230,11 @@ for (const adapter of adapters) {
 
     it("refuses a fill taken before a publication even once the published entry is gone", async () => {
       const cache = await open();
-      const { request, customer } = fresh();
+      const { request, customer } = freshCustomer();
       await cache.hint(request, customer);
       const { ticket } = await cache.lookup(request);
       assert.ok(ticket);
-      const other = fresh();
+      const other = freshCustomer();
       // A merge demotes this customer: its entry becomes a tombstone, never to be filled again.
       await cache.publish(other.customer, [customer.primaryContactId], other.request, MISS);
       await cache.fill(ticket, customer, request);
@@ -275,9 +260,9 @@ for (const adapter of adapters) {
 
     it("repairs an older entry on a hint, tombstones a secondary's entry, and creates none", async () => {
       const cache = await open();
-      const a = fresh();
-      const b = fresh();
-      const c = fresh();
+      const a = freshCustomer();
+      const b = freshCustomer();
+      const c = freshCustomer();
       for (const { request, customer } of [a, b]) {
         await cache.hint(request, customer);
         const { ticket } = await cache.lookup(request);
@@ -305,14 +290,14 @@ for (const adapter of adapters) {
 
     it("tombstones a secondary's entry on a fill as well", async () => {
       const cache = await open();
-      const b = fresh();
+      const b = freshCustomer();
       await cache.hint(b.request, b.customer);
       const bTicket = (await cache.lookup(b.request)).ticket;
       assert.ok(bTicket);
       await cache.fill(bTicket, b.customer, b.request);
       assert.deepEqual((await cache.lookup(b.request)).customer, b.customer);
       // The database now has b under c's customer, merged by a writer that never published.
-      const c = fresh();
+      const c = freshCustomer();
       const merged: Customer = {
         ...c.customer,
         secondaryContactIds: [b.customer.primaryContactId],
@@ -328,7 +313,7 @@ for (const adapter of adapters) {
 
     it("refuses a fill for another customer than the ticket's", async () => {
       const cache = await open();
-      const { request, customer } = fresh();
+      const { request, customer } = freshCustomer();
       await cache.hint(request, customer);
       const { ticket } = await cache.lookup(request);
       assert.ok(ticket);
@@ -339,7 +324,7 @@ for (const adapter of adapters) {
 
     it("expires entries after the TTL", async () => {
       const cache = await open(1);
-      const { request, customer } = fresh();
+      const { request, customer } = freshCustomer();
       await cache.hint(request, customer);
       const { ticket } = await cache.lookup(request);
       assert.ok(ticket);
@@ -365,7 +350,7 @@ if (redisUrl !== null) {
       assert.ok(await cache.waitUntilReady(5000));
       const redis = new Redis(redisUrl);
       try {
-        const { request, customer } = fresh();
+        const { request, customer } = freshCustomer();
         await cache.hint(request, customer);
         const { ticket } = await cache.lookup(request);
         assert.ok(ticket);
@@ -412,7 +397,7 @@ if (redisUrl !== null) {
       try {
         assert.ok(await writer.waitUntilReady(5000));
         assert.ok(await other.waitUntilReady(5000));
-        const { request, customer } = fresh();
+        const { request, customer } = freshCustomer();
         const v6: Customer = { ...customer, secondaryContactIds: [1, 2, 3, 4, 5] };
         const v7: Customer = { ...customer, secondaryContactIds: [1, 2, 3, 4, 5, 6] };
         await test({ own, writer, other, request, v6, v7 });
@@ -466,7 +451,7 @@ if (redisUrl !== null) {
       let later: RedisCustomerCache | null = null;
       try {
         assert.ok(await writer.waitUntilReady(5000));
-        const { request, customer } = fresh();
+        const { request, customer } = freshCustomer();
         const v2: Customer = { ...customer, secondaryContactIds: [customer.primaryContactId + 1] };
         await writer.hint(request, customer);
         const miss = await writer.lookup(request);
@@ -515,7 +500,7 @@ if (redisUrl !== null) {
         timeoutMs: 50,
       });
       try {
-        const { request, customer } = fresh();
+        const { request, customer } = freshCustomer();
         const started = Date.now();
         assert.deepEqual(await cache.lookup(request), MISS);
         await cache.publish(customer, [7], request);

@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { MISS } from "../../src/cache/customer-cache.js";
 import { MemoryCustomerCache } from "../../src/cache/memory.cache.js";
-import type { Customer, IdentifyRequest } from "../../src/domain/contact.js";
+import type { Customer } from "../../src/domain/contact.js";
+import { freshCustomer } from "../support/customers.js";
 
 /**
  * The in-process cache as SQLite runs it: `databaseVersion` stands for SQLite's data_version,
@@ -10,22 +11,6 @@ import type { Customer, IdentifyRequest } from "../../src/domain/contact.js";
  * test/concurrency/cache-staleness.test.ts.
  */
 describe("in-process cache with a database version", () => {
-  let counter = 0;
-  function fresh(): { request: IdentifyRequest; customer: Customer } {
-    counter++;
-    const email = `marty${counter}@hillvalley.edu`;
-    const phoneNumber = `+1555${String(counter).padStart(6, "0")}`;
-    return {
-      request: { email, phoneNumber },
-      customer: {
-        primaryContactId: 2000 + counter,
-        emails: [email],
-        phoneNumbers: [phoneNumber],
-        secondaryContactIds: [],
-      },
-    };
-  }
-
   /** A cache whose database version is `version.now`; `version.reads` counts its readings. */
   function open(): { cache: MemoryCustomerCache; version: { now: number; reads: number } } {
     const version = { now: 1, reads: 0 };
@@ -42,7 +27,7 @@ describe("in-process cache with a database version", () => {
 
   it("answers from its entries while the version stays, and empties itself when it moves", async () => {
     const { cache, version } = open();
-    const { request, customer } = fresh();
+    const { request, customer } = freshCustomer();
     await cache.publish(customer, [], request, MISS);
     assert.deepEqual(await cache.lookup(request), { customer, ticket: null, lead: [], epoch: 0 });
     version.now++;
@@ -55,7 +40,7 @@ describe("in-process cache with a database version", () => {
 
   it("reads the version after the lookup, at the end of its turn, before answering", async () => {
     const { cache, version } = open();
-    const { request, customer } = fresh();
+    const { request, customer } = freshCustomer();
     await cache.publish(customer, [], request, MISS);
     const lookup = cache.lookup(request);
     // Another process commits after the request was read, before its answer goes out.
@@ -66,7 +51,9 @@ describe("in-process cache with a database version", () => {
   it("reads the version once for all the lookups of a turn", async () => {
     const { cache, version } = open();
     const before = version.reads;
-    const requests = [fresh(), fresh(), fresh()].map(({ request }) => request);
+    const requests = [freshCustomer(), freshCustomer(), freshCustomer()].map(
+      ({ request }) => request,
+    );
     await Promise.all(requests.map((request) => cache.lookup(request)));
     assert.equal(version.reads - before, 1);
     await Promise.all(requests.map((request) => cache.lookup(request)));
@@ -75,12 +62,12 @@ describe("in-process cache with a database version", () => {
 
   it("refuses a fill whose ticket was taken before the version moved", async () => {
     const { cache, version } = open();
-    const { request, customer } = fresh();
+    const { request, customer } = freshCustomer();
     await cache.hint(request, customer);
     const { ticket } = await cache.lookup(request);
     assert.ok(ticket);
     version.now++;
-    await cache.lookup(fresh().request); // the turn that notices, and empties
+    await cache.lookup(freshCustomer().request); // the turn that notices, and empties
     await cache.fill(ticket, customer, request);
     assert.equal(cache.stats().staleFillsRefused, 1);
     await cache.hint(request, customer);
@@ -89,10 +76,10 @@ describe("in-process cache with a database version", () => {
 
   it("stores no entry from a publication whose lookup came before the version moved", async () => {
     const { cache, version } = open();
-    const { request, customer } = fresh();
+    const { request, customer } = freshCustomer();
     const since = await cache.lookup(request);
     version.now++;
-    await cache.lookup(fresh().request); // empties
+    await cache.lookup(freshCustomer().request); // empties
     await cache.publish(customer, [], request, since);
     assert.equal((await cache.lookup(request)).customer, null);
     // The same publication from a lookup of the new epoch stores it.
@@ -102,10 +89,10 @@ describe("in-process cache with a database version", () => {
 
   it("lets a publication from before the version moved replace an older entry filled since", async () => {
     const { cache, version } = open();
-    const { request, customer } = fresh();
+    const { request, customer } = freshCustomer();
     const since = await cache.lookup(request); // the writer's lookup
     version.now++;
-    await cache.lookup(fresh().request); // empties
+    await cache.lookup(freshCustomer().request); // empties
     // A reader fills the customer as it was before the writer's commit.
     await cache.hint(request, customer);
     const { ticket } = await cache.lookup(request);
@@ -136,7 +123,7 @@ describe("in-process cache with a database version", () => {
         return 1;
       },
     });
-    const { request, customer } = fresh();
+    const { request, customer } = freshCustomer();
     await cache.publish(customer, [], request, MISS);
     readable = false;
     // Every turn empties it: what was stored in one turn is gone at the next.
