@@ -1,12 +1,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import type { Database } from "../../src/storage/database.js";
-import {
-  allContacts,
-  createTestDatabase,
-  dialectsUnderTest,
-  openMigrated,
-} from "../support/databases.js";
+import { allContacts, dialectsUnderTest } from "../support/databases.js";
 import type { TestDatabase } from "../support/databases.js";
 import {
   Components,
@@ -17,7 +12,7 @@ import {
 } from "../support/invariants.js";
 import type { Answer } from "../support/invariants.js";
 import { deleteKeys, testRedisUrl, uniquePrefix } from "../support/redis.js";
-import { postIdentify, startServer } from "../support/server.js";
+import { postIdentify, twoServersOnOneDatabase } from "../support/server.js";
 import type { ServerProcess } from "../support/server.js";
 
 const redisUrl = testRedisUrl();
@@ -76,13 +71,7 @@ for (const [dialect, cache] of suites) {
       const prefix = uniquePrefix();
 
       before(async () => {
-        test = await createTestDatabase(dialect);
-        database = await openMigrated(test);
-        const env: Record<string, string> =
-          cache === "redis"
-            ? { DATABASE_URL: test.url, REDIS_URL: redisUrl ?? "", CACHE_PREFIX: prefix }
-            : { DATABASE_URL: test.url, CACHE: "on" };
-        servers = await Promise.all([startServer(env), startServer(env)]);
+        ({ test, database, servers } = await twoServersOnOneDatabase(dialect, cache, prefix));
         const kinds = await Promise.all(servers.map((server) => cacheKindOf(server.url)));
         assert.deepEqual(kinds, [
           cache === "redis" ? "redis" : "memory",

@@ -3,12 +3,7 @@ import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Database } from "../../src/storage/database.js";
 import { readMergeHistory } from "../../src/storage/merge-log.repository.js";
-import {
-  allContacts,
-  createTestDatabase,
-  dialectsUnderTest,
-  openMigrated,
-} from "../support/databases.js";
+import { allContacts, dialectsUnderTest } from "../support/databases.js";
 import type { TestDatabase } from "../support/databases.js";
 import {
   Components,
@@ -20,7 +15,7 @@ import {
 } from "../support/invariants.js";
 import type { Answer } from "../support/invariants.js";
 import { deleteKeys, testRedisUrl, uniquePrefix } from "../support/redis.js";
-import { postIdentify, startServer } from "../support/server.js";
+import { postIdentify, twoServersOnOneDatabase } from "../support/server.js";
 import type { ServerProcess } from "../support/server.js";
 
 const REQUESTS = 600;
@@ -62,15 +57,7 @@ for (const [dialect, cache] of [
       const prefix = uniquePrefix();
 
       before(async () => {
-        test = await createTestDatabase(dialect);
-        database = await openMigrated(test);
-        const env: Record<string, string> =
-          cache === "off"
-            ? { DATABASE_URL: test.url, CACHE: "off" }
-            : cache === "redis"
-              ? { DATABASE_URL: test.url, REDIS_URL: redisUrl ?? "", CACHE_PREFIX: prefix }
-              : { DATABASE_URL: test.url, CACHE: "on" };
-        servers = await Promise.all([startServer(env), startServer(env)]);
+        ({ test, database, servers } = await twoServersOnOneDatabase(dialect, cache, prefix));
       });
 
       after(async () => {

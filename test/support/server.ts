@@ -2,6 +2,11 @@ import { spawn } from "node:child_process";
 import type { ChildProcess } from "node:child_process";
 import { once } from "node:events";
 import { createInterface } from "node:readline";
+import type { DialectName } from "../../src/storage/database.js";
+import type { Database } from "../../src/storage/database.js";
+import { createTestDatabase, openMigrated } from "./databases.js";
+import type { TestDatabase } from "./databases.js";
+import { testRedisUrl } from "./redis.js";
 
 /** A server process started from src/server.ts, as a user would run it. */
 export interface ServerProcess {
@@ -118,4 +123,39 @@ export async function postIdentify(
 /** Runs `npm run migrate`'s entry point against `databaseUrl` and collects its output. */
 export function runMigrate(databaseUrl: string): Promise<Exited> {
   return runToExit(["--import", "tsx", "src/cli/migrate.ts"], { DATABASE_URL: databaseUrl });
+}
+
+/**
+ * The environment of a server process on `databaseUrl` with a cache: none, Redis (under
+ * `prefix`, at TEST_REDIS_URL) or in-process (CACHE=on).
+ */
+function serverEnv(
+  databaseUrl: string,
+  cache: "off" | "redis" | "in-process",
+  prefix: string,
+): Record<string, string> {
+  switch (cache) {
+    case "off":
+      return { DATABASE_URL: databaseUrl, CACHE: "off" };
+    case "redis":
+      return { DATABASE_URL: databaseUrl, REDIS_URL: testRedisUrl() ?? "", CACHE_PREFIX: prefix };
+    case "in-process":
+      return { DATABASE_URL: databaseUrl, CACHE: "on" };
+  }
+}
+
+/**
+ * A new test database of `dialect`, migrated and open, and two server processes serving it with
+ * the same cache: what the concurrency suites run against.
+ */
+export async function twoServersOnOneDatabase(
+  dialect: DialectName,
+  cache: "off" | "redis" | "in-process",
+  prefix: string,
+): Promise<{ test: TestDatabase; database: Database; servers: ServerProcess[] }> {
+  const test = await createTestDatabase(dialect);
+  const database = await openMigrated(test);
+  const env = serverEnv(test.url, cache, prefix);
+  const servers = await Promise.all([startServer(env), startServer(env)]);
+  return { test, database, servers };
 }
