@@ -52,6 +52,23 @@ function kept(customer: Customer): Customer {
   };
 }
 
+/**
+ * The primary id that the index names for every identifier of a request (as read by `find`), or
+ * null when it does not know one of them or names two customers.
+ */
+function oneCustomer(
+  byEmail: number | null | undefined,
+  byPhone: number | null | undefined,
+): number | null {
+  if (byEmail === undefined || byPhone === undefined) {
+    return null;
+  }
+  if (byEmail !== null && byPhone !== null && byEmail !== byPhone) {
+    return null;
+  }
+  return byEmail ?? byPhone;
+}
+
 /** True when `customer` may take the place of `current`: no tombstone, no equal or newer version. */
 function replaces(customer: Customer, current: Slot["entry"]): boolean {
   return current === null || (current !== DEMOTED && versionOf(current) < versionOf(customer));
@@ -165,9 +182,13 @@ export class MemoryCustomerCache implements CustomerCache {
   }
 
   private find(request: IdentifyRequest): CacheLookup {
-    const primaryId = this.indexedCustomer(request);
+    // What the index names for each identifier: null for one the request lacks, undefined for
+    // one it does not know. Read once for both the hit and, on a miss, the lead.
+    const byEmail = request.email === null ? null : this.emails.get(request.email);
+    const byPhone = request.phoneNumber === null ? null : this.phones.get(request.phoneNumber);
+    const primaryId = oneCustomer(byEmail, byPhone);
     if (primaryId === null) {
-      return { ...MISS, lead: this.lead(request), epoch: this.epoch };
+      return { ...MISS, lead: this.lead([byEmail, byPhone], request), epoch: this.epoch };
     }
     let slot = this.customers.get(primaryId);
     const entry = slot?.entry ?? null;
@@ -190,13 +211,10 @@ export class MemoryCustomerCache implements CustomerCache {
    * customer (one gone or merged away would leave the lead short of a customer the request
    * reaches, which the transaction would then lock out of order).
    */
-  private lead(request: IdentifyRequest): number[] {
+  private lead(named: readonly (number | null | undefined)[], request: IdentifyRequest): number[] {
     const customers: Customer[] = [];
-    for (const primaryId of [
-      request.email === null ? undefined : this.emails.get(request.email),
-      request.phoneNumber === null ? undefined : this.phones.get(request.phoneNumber),
-    ]) {
-      if (primaryId === undefined) {
+    for (const primaryId of named) {
+      if (primaryId === null || primaryId === undefined) {
         continue;
       }
       const entry = this.customers.get(primaryId)?.entry ?? null;
@@ -314,18 +332,5 @@ export class MemoryCustomerCache implements CustomerCache {
       const key = customer.phoneNumbers.find((own) => own === phoneNumber) ?? phoneNumber;
       this.phones.set(key, customer.primaryContactId);
     }
-  }
-
-  /** The primary id every identifier of the request is indexed under, or null. */
-  private indexedCustomer(request: IdentifyRequest): number | null {
-    const byEmail = request.email === null ? null : this.emails.get(request.email);
-    const byPhone = request.phoneNumber === null ? null : this.phones.get(request.phoneNumber);
-    if (byEmail === undefined || byPhone === undefined) {
-      return null;
-    }
-    if (byEmail !== null && byPhone !== null && byEmail !== byPhone) {
-      return null;
-    }
-    return byEmail ?? byPhone;
   }
 }
