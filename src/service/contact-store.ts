@@ -37,8 +37,33 @@ export interface ContactTransaction {
   commit(plan: ReconcilePlan, now: number, request: IdentifyRequest): Promise<Contact | null>;
 }
 
+/** What the kept answers (SQLite) say about a request: see ContactStore.findAnswer. */
+export interface AnswerLookup {
+  /**
+   * The answer (the API's JSON text) of the one customer that already holds every value of the
+   * request, if its answer is kept; null otherwise.
+   */
+  readonly answer: string | null;
+  /**
+   * Customers (primary ids, ascending) with a live row matching the request: the lowest and the
+   * highest of them, so all of them when there are at most two.
+   */
+  readonly customers: readonly number[];
+}
+
 /** The Contact table. Implementations must hold across processes, not only within one. */
 export interface ContactStore extends ContactReader {
+  /**
+   * True where the store keeps each customer's answer ready (SQLite): `findAnswer` may be used,
+   * and every write transaction keeps the answer of the customer it leaves.
+   */
+  readonly keepsAnswers: boolean;
+  /**
+   * One read of the indexes and the kept answers, in place of `findCustomers` before a
+   * transaction: a request that changes nothing is answered from it when its customer's answer is
+   * kept. Only where `keepsAnswers`.
+   */
+  findAnswer(request: IdentifyRequest): Promise<AnswerLookup>;
   /**
    * Runs `work` in one transaction that first holds an exclusive lock on each identifier key
    * (taken in a global order, so no two transactions deadlock on them), committing when it

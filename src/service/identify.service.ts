@@ -1,4 +1,4 @@
-import type { CustomerCache } from "../cache/customer-cache.js";
+import type { CacheLookup, CustomerCache } from "../cache/customer-cache.js";
 import type { Contact, Customer, IdentifyRequest } from "../domain/contact.js";
 import { identifierKeys } from "../domain/contact.js";
 import { consolidate, matchedGroups, planIdentify } from "../domain/reconcile.js";
@@ -8,6 +8,11 @@ import type { ContactStore } from "./contact-store.js";
 
 export interface IdentifyResult {
   readonly customer: Customer;
+  /**
+   * The customer as the API's JSON text, when it came ready from the database (SQLite's kept
+   * answers); null otherwise. `customer` is then parsed from it when first read.
+   */
+  readonly json: string | null;
   readonly outcome: IdentifyOutcome;
   /** True when the answer came from the cache without touching the database. */
   readonly cached: boolean;
@@ -55,31 +60,38 @@ export class IdentifyService {
   async identify(request: IdentifyRequest): Promise<IdentifyResult> {
     const lookup = await this.cache.lookup(request);
     if (lookup.customer !== null) {
-      return { customer: lookup.customer, outcome: "unchanged", cached: true };
+      return { customer: lookup.customer, json: null, outcome: "unchanged", cached: true };
     }
 
     // With a lead the request most likely writes: no read before the transaction (one round
     // trip fewer), whose first round locks the lead's customers instead.
     let snapshot: Contact[] | null = null;
-    if (lookup.lead.length === 0) {
+    let found: readonly number[] = lookup.lead;
+    if (lookup.lead.length === 0 && this.store.keepsAnswers) {
+      // SQLite: the kept answer, or the customers the transaction starts from.
+      const kept = await this.store.findAnswer(request);
+      if (kept.answer !== null) {
+        const result = keptResult(kept.answer);
+        if (this.cache.kind !== "off") {
+          await this.fillCache(lookup, result.customer, request);
+        }
+        return result;
+      }
+      found = kept.customers;
+    } else if (lookup.lead.length === 0) {
       snapshot = await this.store.findCustomers(request);
       const readOnly = planIdentify(request, snapshot, this.clock());
       if (readOnly.outcome === "unchanged" && readOnly.winnerId !== null) {
         const customer = consolidate(readOnly.winnerId, readOnly.members);
-        if (lookup.ticket !== null) {
-          await this.options.beforeCacheFill?.();
-          await this.cache.fill(lookup.ticket, customer, request);
-        } else {
-          await this.cache.hint(request, customer);
-        }
-        return { customer, outcome: "unchanged", cached: false };
+        await this.fillCache(lookup, customer, request);
+        return { customer, json: null, outcome: "unchanged", cached: false };
       }
     }
 
     // Customers are locked in ascending id order in every transaction, so no two transactions
     // deadlock on them: a customer found only after a higher one was locked starts the attempt
     // over (a retry), which then locks every customer seen so far in order.
-    const seen = new Set(snapshot === null ? lookup.lead : matchedGroups(request, snapshot));
+    const seen = new Set(snapshot === null ? found : matchedGroups(request, snapshot));
     const { customer, plan } = await this.store.withLockedTransaction(
       identifierKeys(request),
       async (tx) => {
@@ -120,6 +132,34 @@ export class IdentifyService {
     } else {
       await this.cache.publish(customer, plan.relinkGroups, request, lookup);
     }
-    return { customer, outcome: plan.outcome, cached: false };
+    return { customer, json: null, outcome: plan.outcome, cached: false };
   }
+
+  /** After a read that changed nothing: fills the cache (with a ticket) or hints it. */
+  private async fillCache(
+    lookup: CacheLookup,
+    customer: Customer,
+    request: IdentifyRequest,
+  ): Promise<void> {
+    if (lookup.ticket !== null) {
+      await this.options.beforeCacheFill?.();
+      await this.cache.fill(lookup.ticket, customer, request);
+    } else {
+      await this.cache.hint(request, customer);
+    }
+  }
+}
+
+/** A repeat answered from its kept JSON text; the customer is parsed only if someone asks. */
+function keptResult(json: string): IdentifyResult {
+  let customer: Customer | null = null;
+  return {
+    get customer(): Customer {
+      customer ??= JSON.parse(json) as Customer;
+      return customer;
+    },
+    json,
+    outcome: "unchanged",
+    cached: false,
+  };
 }

@@ -3,9 +3,10 @@ import { CompiledQuery, sql } from "kysely";
 import type { Kysely } from "kysely";
 import { identifierDigest } from "../domain/contact.js";
 import type { Contact, IdentifyRequest } from "../domain/contact.js";
+import { consolidate } from "../domain/reconcile.js";
 import type { ReconcilePlan } from "../domain/reconcile.js";
 import { RetryTransactionError } from "../service/contact-store.js";
-import type { ContactStore, ContactTransaction } from "../service/contact-store.js";
+import type { AnswerLookup, ContactStore, ContactTransaction } from "../service/contact-store.js";
 import { endOfTurn } from "../end-of-turn.js";
 import { lockTimeoutSeconds } from "./database.js";
 import type { Database, DialectName, Send } from "./database.js";
@@ -136,6 +137,22 @@ interface Statements {
   >;
   /** Two identifier locks (PostgreSQL: advisory keys; MySQL: lock names). */
   readonly lockIdentifiers: FixedStatement<[first: string, second: string]>;
+  /** SQLite only (null elsewhere): the customers a request matches, and the first one's answer. */
+  readonly findAnswer: FixedStatement<[email: string | null, phoneNumber: string | null]> | null;
+  /** SQLite only (null elsewhere): keeps a customer's answer. */
+  readonly keepAnswer: FixedStatement<[primaryId: number, answer: string]> | null;
+}
+
+/** The row of `findAnswer`: no match gives a row of nulls. */
+interface AnswerRow {
+  /** The lowest and highest customer (primary id) with a live row matching the request. */
+  readonly lo: number | null;
+  readonly hi: number | null;
+  /** 1 when a matching row has the request's email (phone), 0 or null otherwise. */
+  readonly e: number | null;
+  readonly p: number | null;
+  /** The kept answer of customer `lo`, if there is one. */
+  readonly answer: string | null;
 }
 
 /** `lockTimeout`: seconds a MySQL/MariaDB named lock is waited for (a constant parameter). */
@@ -228,7 +245,38 @@ function compileStatements(db: Kysely<DB>, dialect: DialectName, lockTimeout: nu
         .values({ winnerId, mergedId, kind, email, phoneNumber, createdAt })
         .compile(),
   );
-  return { findCustomers, lockCustomer, promote, relink, logMerge, insert, lockIdentifiers };
+  // One row, from the indexes of email and phone and the answers' primary key: which customers
+  // the request matches, whether its email and phone are among their rows, and the lowest one's
+  // kept answer (migration 0003).
+  const findAnswer =
+    dialect === "sqlite"
+      ? FixedStatement.compile(2, (email: string | null, phone: string | null) =>
+          sql`with "matched" as (select coalesce("linkedId", "id") as "pid", "email" = ${email} as "e", "phoneNumber" = ${phone} as "p" from "Contact" where "deletedAt" is null and ("email" = ${email} or "phoneNumber" = ${phone})), "found" as (select min("pid") as "lo", max("pid") as "hi", max("e") as "e", max("p") as "p" from "matched") select "found"."lo", "found"."hi", "found"."e", "found"."p", "CustomerAnswer"."answer" from "found" left join "CustomerAnswer" on "CustomerAnswer"."primaryId" = "found"."lo"`.compile(
+            db,
+          ),
+        )
+      : null;
+  const keepAnswer =
+    dialect === "sqlite"
+      ? FixedStatement.compile(2, (primaryId: number, answer: string) =>
+          db
+            .insertInto("CustomerAnswer")
+            .values({ primaryId, answer })
+            .onConflict((oc) => oc.column("primaryId").doUpdateSet({ answer }))
+            .compile(),
+        )
+      : null;
+  return {
+    findCustomers,
+    lockCustomer,
+    promote,
+    relink,
+    logMerge,
+    insert,
+    lockIdentifiers,
+    findAnswer,
+    keepAnswer,
+  };
 }
 
 /** The rows as contacts, each id once. */
@@ -366,6 +414,23 @@ class SqlContactTransaction implements ContactTransaction {
       }
     }
     const linkPrecedence = winnerId === null ? "primary" : "secondary";
+    const insertedContact = (result: Result): Contact => {
+      const id =
+        this.dialect === "mysql"
+          ? Number(result.insertId)
+          : (result.rows[0] as Pick<ContactRow, "id"> | undefined)?.id;
+      if (insert === null || id === undefined || !Number.isSafeInteger(id)) {
+        throw new Error("the insert returned no id");
+      }
+      return {
+        id,
+        email: insert.email,
+        phoneNumber: insert.phoneNumber,
+        linkedId: winnerId,
+        linkPrecedence,
+        createdAt: insert.createdAt,
+      };
+    };
     const inserted =
       insert === null
         ? null
@@ -380,29 +445,26 @@ class SqlContactTransaction implements ContactTransaction {
             doing,
           );
     this.ended = true;
-    // SQLite: the session's batch commits, once every write of its transactions has run.
-    const last =
-      this.dialect === "sqlite" ? this.queue.drain() : this.queue.run(COMMIT, "committing");
+    const { keepAnswer } = this.statements;
+    if (keepAnswer !== null) {
+      // SQLite: the customer's answer, kept in the same transaction; the session's batch commits
+      // once every write of its transactions has run.
+      const added = inserted === null ? null : insertedContact(await inserted);
+      const primaryId = winnerId ?? added?.id;
+      if (primaryId === undefined) {
+        throw new Error("unreachable: a plan without a winner inserts a primary");
+      }
+      const customer = consolidate(
+        primaryId,
+        added === null ? plan.members : [...plan.members, added],
+      );
+      await this.queue.run(keepAnswer.bind([primaryId, JSON.stringify(customer)]), doing);
+      return added;
+    }
+    const last = this.queue.run(COMMIT, "committing");
     const result = inserted === null ? null : await inserted;
     await last;
-    if (insert === null || result === null) {
-      return null;
-    }
-    const id =
-      this.dialect === "mysql"
-        ? Number(result.insertId)
-        : (result.rows[0] as Pick<ContactRow, "id"> | undefined)?.id;
-    if (id === undefined || !Number.isSafeInteger(id)) {
-      throw new Error("the insert returned no id");
-    }
-    return {
-      id,
-      email: insert.email,
-      phoneNumber: insert.phoneNumber,
-      linkedId: winnerId,
-      linkPrecedence,
-      createdAt: insert.createdAt,
-    };
+    return result === null ? null : insertedContact(result);
   }
 }
 
@@ -441,6 +503,35 @@ export class SqlContactStore implements ContactStore {
       // the writes: they gained nothing measurable from it.
       await endOfTurn();
       return rowsToContacts(rows);
+    } catch (error) {
+      throw asDatabaseError(error, "reading customers");
+    }
+  }
+
+  get keepsAnswers(): boolean {
+    return this.statements.findAnswer !== null;
+  }
+
+  async findAnswer(request: IdentifyRequest): Promise<AnswerLookup> {
+    const { sqlite } = this.database;
+    const { findAnswer } = this.statements;
+    if (sqlite === null || findAnswer === null) {
+      throw new Error("only SQLite keeps answers");
+    }
+    const query = findAnswer.bind([request.email, request.phoneNumber]);
+    try {
+      const row = await sqlite.read(() => sqlite.run(query)[0] as AnswerRow | undefined);
+      if (row === undefined || row.lo === null || row.hi === null) {
+        return { answer: null, customers: [] };
+      }
+      const repeat =
+        row.lo === row.hi &&
+        (request.email === null || row.e === 1) &&
+        (request.phoneNumber === null || row.p === 1);
+      return {
+        answer: repeat ? row.answer : null,
+        customers: row.lo === row.hi ? [row.lo] : [row.lo, row.hi],
+      };
     } catch (error) {
       throw asDatabaseError(error, "reading customers");
     }

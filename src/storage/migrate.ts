@@ -4,12 +4,14 @@ import type { Database } from "./database.js";
 import { DatabaseError } from "./errors.js";
 import { createContact } from "./migrations/0001-create-contact.js";
 import { createContactMerge } from "./migrations/0002-create-contact-merge.js";
+import { createCustomerAnswer } from "./migrations/0003-create-customer-answer.js";
 
 /** Every migration, in order. Names are frozen once released. */
 function migrations(dialect: Database["dialect"]): Record<string, Migration> {
   return {
     "0001-create-contact": createContact(dialect),
     "0002-create-contact-merge": createContactMerge(dialect),
+    "0003-create-customer-answer": createCustomerAnswer(dialect),
   };
 }
 

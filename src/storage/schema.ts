@@ -33,9 +33,17 @@ export interface ContactMergeTable {
   createdAt: Timestamp;
 }
 
+/** SQLite only: a customer's answer, kept ready (migration 0003). */
+export interface CustomerAnswerTable {
+  primaryId: number;
+  /** The API's answer for the customer, as JSON text. */
+  answer: string;
+}
+
 export interface DB {
   Contact: ContactTable;
   ContactMerge: ContactMergeTable;
+  CustomerAnswer: CustomerAnswerTable;
 }
 
 export type ContactRow = Selectable<ContactTable>;

@@ -3,13 +3,14 @@ import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Database } from "../../src/storage/database.js";
 import { readMergeHistory } from "../../src/storage/merge-log.repository.js";
-import { allContacts, dialectsUnderTest } from "../support/databases.js";
+import { allContacts, dialectsUnderTest, keptAnswers } from "../support/databases.js";
 import type { TestDatabase } from "../support/databases.js";
 import {
   Components,
   customersOf,
   expectedAnswer,
   invariantViolations,
+  keptAnswerViolations,
   runPool,
   seededRandom,
 } from "../support/invariants.js";
@@ -147,6 +148,12 @@ for (const [dialect, cache] of [
 
         const rows = await allContacts(database);
         assert.deepEqual(invariantViolations(rows), [], `seed ${seed}`);
+        // SQLite: the answers its transactions kept agree with the rows.
+        assert.deepEqual(
+          keptAnswerViolations(rows, await keptAnswers(database)),
+          [],
+          `seed ${seed}`,
+        );
 
         const customers = customersOf(rows);
 

@@ -40,7 +40,7 @@ for (const dialect of dialectsUnderTest()) {
       );
       const outputs = runs.map((run) => run.stdout.trim().replace(/^.*: /, "")).sort();
       assert.deepEqual(outputs, [
-        "applied 0001-create-contact, 0002-create-contact-merge",
+        "applied 0001-create-contact, 0002-create-contact-merge, 0003-create-customer-answer",
         "schema is up to date",
         "schema is up to date",
       ]);
@@ -189,6 +189,7 @@ if (dialectsUnderTest().includes("mysql")) {
       assert.deepEqual(await migrateToLatest(suite.database), [
         "0001-create-contact",
         "0002-create-contact-merge",
+        "0003-create-customer-answer",
       ]);
       assert.deepEqual(await schemaObjects(), complete);
       assert.deepEqual(complete, [
@@ -210,6 +211,7 @@ if (dialectsUnderTest().includes("mysql")) {
         assert.deepEqual(await migrateToLatest(resumed), [
           "0001-create-contact",
           "0002-create-contact-merge",
+          "0003-create-customer-answer",
         ]);
         assert.deepEqual(await schemaObjects(resumed, "ContactMerge"), [
           "ContactMerge_check",

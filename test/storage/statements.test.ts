@@ -26,16 +26,18 @@ interface Statement {
 const EXPECTED: Record<string, Record<DialectName, number>> = {
   "repeat, cached": { sqlite: 0, mysql: 0, postgres: 0 },
   // SQLite: each batch's BEGIN and COMMIT are counted here, for a request alone in its batch; under
-  // load every request of one event-loop turn shares them (group commit).
+  // load every request of one event-loop turn shares them (group commit). Its read is of the
+  // indexes and the kept answer (migration 0003).
   "repeat, not cached": { sqlite: 3, mysql: 1, postgres: 1 },
-  "new customer": { sqlite: 7, mysql: 7, postgres: 6 },
+  // SQLite: every write transaction keeps the customer's answer (one more statement).
+  "new customer": { sqlite: 8, mysql: 7, postgres: 6 },
   // The cache names the customer: no read before the transaction.
-  "new secondary": { sqlite: 4, mysql: 7, postgres: 6 },
+  "new secondary": { sqlite: 5, mysql: 7, postgres: 6 },
   // The UPDATE that relinks the merged customer, and the merge log's INSERT.
-  merge: { sqlite: 5, mysql: 9, postgres: 8 },
+  merge: { sqlite: 6, mysql: 9, postgres: 8 },
   // Without the cache's lead, a read first.
-  "new secondary, not cached": { sqlite: 7, mysql: 8, postgres: 7 },
-  "merge, not cached": { sqlite: 8, mysql: 10, postgres: 9 },
+  "new secondary, not cached": { sqlite: 8, mysql: 8, postgres: 7 },
+  "merge, not cached": { sqlite: 9, mysql: 10, postgres: 9 },
 };
 
 /**
@@ -46,11 +48,11 @@ const EXPECTED: Record<string, Record<DialectName, number>> = {
 const ROUND_TRIPS: Record<string, Record<DialectName, number>> = {
   "repeat, cached": { sqlite: 0, mysql: 0, postgres: 0 },
   "repeat, not cached": { sqlite: 3, mysql: 1, postgres: 1 },
-  "new customer": { sqlite: 7, mysql: 7, postgres: 3 },
-  "new secondary": { sqlite: 4, mysql: 7, postgres: 2 },
-  merge: { sqlite: 5, mysql: 9, postgres: 2 },
-  "new secondary, not cached": { sqlite: 7, mysql: 8, postgres: 3 },
-  "merge, not cached": { sqlite: 8, mysql: 10, postgres: 3 },
+  "new customer": { sqlite: 8, mysql: 7, postgres: 3 },
+  "new secondary": { sqlite: 5, mysql: 7, postgres: 2 },
+  merge: { sqlite: 6, mysql: 9, postgres: 2 },
+  "new secondary, not cached": { sqlite: 8, mysql: 8, postgres: 3 },
+  "merge, not cached": { sqlite: 9, mysql: 10, postgres: 3 },
 };
 
 const VERBS = /^\s*(select|update|insert|delete|with)\b/i;
@@ -204,7 +206,9 @@ for (const dialect of dialectsUnderTest()) {
       const statements = Object.values(await outcomes())
         .flat()
         // Inserts read nothing (MySQL's EXPLAIN calls them type ALL all the same).
-        .filter((s) => VERBS.test(s.sql) && /contact/i.test(s.sql) && !/^\s*insert\b/i.test(s.sql));
+        .filter(
+          (s) => VERBS.test(s.sql) && /contact|answer/i.test(s.sql) && !/^\s*insert\b/i.test(s.sql),
+        );
       assert.ok(statements.length >= 5);
       for (const statement of statements) {
         const plan = await explain(database, statement);
@@ -294,7 +298,7 @@ if (dialectsUnderTest().includes("postgres")) {
 function fullScan(dialect: DialectName): RegExp {
   switch (dialect) {
     case "sqlite":
-      return /SCAN Contact(?! USING)/;
+      return /SCAN (Contact|CustomerAnswer)(?! USING)/;
     case "postgres":
       return /"Node Type": "Seq Scan",[^}]*"Relation Name": "Contact"/;
     case "mysql":

@@ -192,3 +192,14 @@ export async function allContacts(database: Database): Promise<StoredContact[]> 
     deletedAt: millis(row.deletedAt),
   }));
 }
+
+/**
+ * SQLite's kept answers (migration 0003), by primary id; empty elsewhere, where none are kept.
+ */
+export async function keptAnswers(database: Database): Promise<Map<number, string>> {
+  if (database.dialect !== "sqlite") {
+    return new Map();
+  }
+  const rows = await database.db.selectFrom("CustomerAnswer").selectAll().execute();
+  return new Map(rows.map((row) => [row.primaryId, row.answer]));
+}

@@ -105,6 +105,26 @@ export function expectedAnswer(rows: readonly StoredContact[], primaryId: number
   };
 }
 
+/**
+ * Every kept answer (SQLite, migration 0003) that is not the answer computed from the rows, or
+ * that belongs to no live customer; empty when they all agree.
+ */
+export function keptAnswerViolations(
+  rows: readonly StoredContact[],
+  kept: ReadonlyMap<number, string>,
+): string[] {
+  const customers = customersOf(rows);
+  const problems: string[] = [];
+  for (const [primaryId, answer] of kept) {
+    if (!customers.has(primaryId)) {
+      problems.push(`answer kept for ${primaryId}, which is no customer`);
+    } else if (answer !== JSON.stringify(expectedAnswer(rows, primaryId))) {
+      problems.push(`answer kept for ${primaryId} is not its rows': ${answer}`);
+    }
+  }
+  return problems;
+}
+
 /** Connected components of identifiers, where each request links the identifiers it carries. */
 export class Components {
   private readonly parent = new Map<string, string>();
