@@ -30,8 +30,9 @@ export interface ContactTransaction {
    */
   lockAndFind(primaryIds: readonly number[], request: IdentifyRequest): Promise<Contact[]>;
   /**
-   * Writes the plan of `request` (a merge is logged with the request's identifiers) and ends
-   * the transaction: the work's last call. Returns the inserted row, if the plan inserts one,
+   * Writes the plan of `request` (a merge is logged with the request's identifiers; where the
+   * store keeps answers, the resulting customer's answer too) and ends the transaction: the
+   * work's last call. Returns the inserted row, if the plan inserts one,
    * once the writes are committed (SQLite: once they are in the batch that commits).
    */
   commit(plan: ReconcilePlan, now: number, request: IdentifyRequest): Promise<Contact | null>;
@@ -39,10 +40,9 @@ export interface ContactTransaction {
 
 /** What the kept answers (SQLite) say about a request: see ContactStore.findAnswer. */
 export interface AnswerLookup {
-  /**
-   * The answer (the API's JSON text) of the one customer that already holds every value of the
-   * request, if its answer is kept; null otherwise.
-   */
+  /** True when one customer already holds every value of the request (it changes nothing). */
+  readonly holds: boolean;
+  /** That customer's answer (the API's JSON text), if `holds` and its answer is kept; else null. */
   readonly answer: string | null;
   /**
    * Customers (primary ids, ascending) with a live row matching the request: the lowest and the
@@ -59,9 +59,9 @@ export interface ContactStore extends ContactReader {
    */
   readonly keepsAnswers: boolean;
   /**
-   * One read of the indexes and the kept answers, in place of `findCustomers` before a
-   * transaction: a request that changes nothing is answered from it when its customer's answer is
-   * kept. Only where `keepsAnswers`.
+   * One read of the indexes and the kept answers, before `findCustomers`: a request that changes
+   * nothing is answered from it when its customer's answer is kept, and one that changes
+   * something goes to its transaction without reading the rows first. Only where `keepsAnswers`.
    */
   findAnswer(request: IdentifyRequest): Promise<AnswerLookup>;
   /**

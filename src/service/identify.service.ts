@@ -69,18 +69,23 @@ export class IdentifyService {
     // trip fewer), whose first round locks the lead's customers instead.
     let snapshot: Contact[] | null = null;
     let found: readonly number[] = lookup.lead;
-    if (lookup.lead.length === 0 && this.store.keepsAnswers) {
-      // SQLite: the kept answer, or the customers the transaction starts from.
+    let readRows = lookup.lead.length === 0;
+    if (readRows && this.store.keepsAnswers) {
+      // SQLite: the kept answer; else the rows, for a request that changes nothing (a read, no
+      // write lock); else the transaction, from the customers found.
       const kept = await this.store.findAnswer(request);
       if (kept.answer !== null) {
         const result = new KeptResult(kept.answer);
+        // Parsed only for a cache that stores it (without one nothing reads `customer`).
         if (this.cache.kind !== "off") {
           await this.fillCache(lookup, result.customer, request);
         }
         return result;
       }
+      readRows = kept.holds;
       found = kept.customers;
-    } else if (lookup.lead.length === 0) {
+    }
+    if (readRows) {
       snapshot = await this.store.findCustomers(request);
       const readOnly = planIdentify(request, snapshot, this.clock());
       if (readOnly.outcome === "unchanged" && readOnly.winnerId !== null) {

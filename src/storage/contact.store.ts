@@ -251,9 +251,32 @@ function compileStatements(db: Kysely<DB>, dialect: DialectName, lockTimeout: nu
   const findAnswer =
     dialect === "sqlite"
       ? FixedStatement.compile(2, (email: string | null, phone: string | null) =>
-          sql`with "matched" as (select coalesce("linkedId", "id") as "pid", "email" = ${email} as "e", "phoneNumber" = ${phone} as "p" from "Contact" where "deletedAt" is null and ("email" = ${email} or "phoneNumber" = ${phone})), "found" as (select min("pid") as "lo", max("pid") as "hi", max("e") as "e", max("p") as "p" from "matched") select "found"."lo", "found"."hi", "found"."e", "found"."p", "CustomerAnswer"."answer" from "found" left join "CustomerAnswer" on "CustomerAnswer"."primaryId" = "found"."lo"`.compile(
-            db,
-          ),
+          db
+            .with("matched", (qb) =>
+              qb
+                .selectFrom("Contact")
+                .select((eb) => [
+                  sql<number>`coalesce(${sql.ref("linkedId")}, ${sql.ref("id")})`.as("pid"),
+                  eb("email", "=", email).as("e"),
+                  eb("phoneNumber", "=", phone).as("p"),
+                ])
+                .where("deletedAt", "is", null)
+                .where((eb) => eb.or([eb("email", "=", email), eb("phoneNumber", "=", phone)])),
+            )
+            .with("found", (qb) =>
+              qb
+                .selectFrom("matched")
+                .select((eb) => [
+                  eb.fn.min("pid").as("lo"),
+                  eb.fn.max("pid").as("hi"),
+                  eb.fn.max("e").as("e"),
+                  eb.fn.max("p").as("p"),
+                ]),
+            )
+            .selectFrom("found")
+            .leftJoin("CustomerAnswer", "CustomerAnswer.primaryId", "found.lo")
+            .select(["found.lo", "found.hi", "found.e", "found.p", "CustomerAnswer.answer"])
+            .compile(),
         )
       : null;
   const keepAnswer =
@@ -262,7 +285,9 @@ function compileStatements(db: Kysely<DB>, dialect: DialectName, lockTimeout: nu
           db
             .insertInto("CustomerAnswer")
             .values({ primaryId, answer })
-            .onConflict((oc) => oc.column("primaryId").doUpdateSet({ answer }))
+            .onConflict((oc) =>
+              oc.column("primaryId").doUpdateSet((eb) => ({ answer: eb.ref("excluded.answer") })),
+            )
             .compile(),
         )
       : null;
@@ -522,18 +547,19 @@ export class SqlContactStore implements ContactStore {
     try {
       const row = await sqlite.read(() => sqlite.run(query)[0] as AnswerRow | undefined);
       if (row === undefined || row.lo === null || row.hi === null) {
-        return { answer: null, customers: [] };
+        return { holds: false, answer: null, customers: [] };
       }
-      const repeat =
+      const holds =
         row.lo === row.hi &&
         (request.email === null || row.e === 1) &&
         (request.phoneNumber === null || row.p === 1);
       return {
-        answer: repeat ? row.answer : null,
+        holds,
+        answer: holds ? row.answer : null,
         customers: row.lo === row.hi ? [row.lo] : [row.lo, row.hi],
       };
     } catch (error) {
-      throw asDatabaseError(error, "reading customers");
+      throw asDatabaseError(error, "reading kept answers");
     }
   }
 

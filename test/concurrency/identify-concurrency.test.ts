@@ -148,14 +148,11 @@ for (const [dialect, cache] of [
 
         const rows = await allContacts(database);
         assert.deepEqual(invariantViolations(rows), [], `seed ${seed}`);
-        // SQLite: the answers its transactions kept agree with the rows.
-        assert.deepEqual(
-          keptAnswerViolations(rows, await keptAnswers(database)),
-          [],
-          `seed ${seed}`,
-        );
-
         const customers = customersOf(rows);
+        // SQLite: every customer's answer was kept by its last write, and agrees with its rows.
+        const kept = await keptAnswers(database);
+        assert.deepEqual(keptAnswerViolations(rows, kept), [], `seed ${seed}`);
+        assert.equal(kept.size, dialect === "sqlite" ? customers.size : 0, `seed ${seed}`);
 
         // The merge log: every primary ever answered that is no longer one was merged away, once.
         const merged = (

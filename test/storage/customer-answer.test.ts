@@ -1,11 +1,14 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
-import { CompiledQuery } from "kysely";
+import { CompiledQuery, Migrator } from "kysely";
 import { NoCache } from "../../src/cache/customer-cache.js";
 import type { IdentifyRequest } from "../../src/domain/contact.js";
 import { IdentifyService } from "../../src/service/identify.service.js";
 import { SqlContactStore } from "../../src/storage/contact.store.js";
+import { openDatabase } from "../../src/storage/database.js";
 import type { Database } from "../../src/storage/database.js";
+import { createContact } from "../../src/storage/migrations/0001-create-contact.js";
+import { createContactMerge } from "../../src/storage/migrations/0002-create-contact-merge.js";
 import { startApp } from "../support/app.js";
 import type { RunningApp } from "../support/app.js";
 import {
@@ -102,7 +105,7 @@ describe("kept answers on sqlite", () => {
     assert.equal(viaMerged.json, merged.text);
   });
 
-  it("drops a customer's answer when its rows change behind the service, and keeps it again", async () => {
+  it("drops a customer's answer when its rows change behind the service, and keeps it on its next write", async () => {
     const a = fresh();
     const b = fresh();
     const first = await service.identify({ email: a.email, phoneNumber: a.phone });
@@ -120,15 +123,21 @@ describe("kept answers on sqlite", () => {
       .execute();
     assert.equal((await keptAnswers(database)).has(primaryId), false, "dropped by the trigger");
     const before = await allContacts(database);
-    const read = await service.identify({ email: a.email, phoneNumber: a.phone });
-    assert.equal(read.json, null, "read from the rows");
-    assert.deepEqual(read.customer, expectedAnswer(before, primaryId));
-    assert.deepEqual(read.customer.emails, [a.email]);
+    for (let i = 0; i < 2; i++) {
+      const read = await service.identify({ email: a.email, phoneNumber: a.phone });
+      assert.equal(read.json, null, "read from the rows");
+      assert.deepEqual(read.customer, expectedAnswer(before, primaryId));
+      assert.deepEqual(read.customer.emails, [a.email]);
+    }
     assert.deepEqual(await allContacts(database), before, "no row written");
+    assert.equal((await keptAnswers(database)).has(primaryId), false, "a read keeps nothing");
+    const c = fresh();
+    const written = await service.identify({ email: c.email, phoneNumber: a.phone });
+    assert.equal(written.outcome, "secondary_added");
     const kept = await assertKeptAnswersMatchRows();
-    assert.equal(kept.get(primaryId), JSON.stringify(read.customer), "kept again");
+    assert.equal(kept.get(primaryId), JSON.stringify(written.customer), "kept again");
     const again = await service.identify({ email: a.email, phoneNumber: a.phone });
-    assert.equal(again.json, JSON.stringify(read.customer));
+    assert.equal(again.json, JSON.stringify(written.customer));
 
     // An edit by hand, then a delete by hand.
     await database.db
@@ -138,11 +147,80 @@ describe("kept answers on sqlite", () => {
       .execute();
     assert.equal((await keptAnswers(database)).has(primaryId), false);
     const edited = await service.identify({ email: a.email, phoneNumber: null });
-    assert.deepEqual(edited.customer.phoneNumbers, ["+19990000001"]);
+    assert.equal(edited.json, null);
+    assert.deepEqual(edited.customer.phoneNumbers, ["+19990000001", a.phone]);
+    await service.identify({ email: fresh().email, phoneNumber: a.phone });
     assert.ok((await keptAnswers(database)).has(primaryId));
     await database.db.deleteFrom("Contact").where("id", "=", secondaryId).execute();
     assert.equal((await keptAnswers(database)).has(primaryId), false);
     await assertKeptAnswersMatchRows();
+  });
+
+  it("drops the answers of both customers a row moves between, of a customer gaining a row by hand, and of a replaced row's customer", async () => {
+    const x = await service.identify({ email: fresh().email, phoneNumber: fresh().phone });
+    const y = await service.identify({ email: fresh().email, phoneNumber: fresh().phone });
+    const z = await service.identify({ email: fresh().email, phoneNumber: fresh().phone });
+    const [xId, yId, zId] = [x, y, z].map((r) => r.customer.primaryContactId) as [
+      number,
+      number,
+      number,
+    ];
+    const moved = await service.identify({
+      email: fresh().email,
+      phoneNumber: x.customer.phoneNumbers[0] ?? "",
+    });
+    const movedId = moved.customer.secondaryContactIds[0];
+    assert.ok(movedId !== undefined);
+    const has = async (id: number) => (await keptAnswers(database)).has(id);
+    assert.ok((await has(xId)) && (await has(yId)) && (await has(zId)));
+
+    // A row moved from X to Y by hand: both answers go (the UPDATE's old and new customer).
+    await database.db
+      .updateTable("Contact")
+      .set({ linkedId: yId })
+      .where("id", "=", movedId)
+      .execute();
+    assert.equal(await has(xId), false);
+    assert.equal(await has(yId), false);
+    assert.ok(await has(zId));
+
+    // A secondary inserted by hand into Z.
+    const at = sqliteNow();
+    await database.db
+      .insertInto("Contact")
+      .values({
+        email: fresh().email,
+        phoneNumber: null,
+        linkedId: zId,
+        linkPrecedence: "secondary",
+        createdAt: at,
+        updatedAt: at,
+      })
+      .execute();
+    assert.equal(await has(zId), false);
+
+    // INSERT OR REPLACE over a secondary of a customer whose answer is kept.
+    const w = await service.identify({ email: fresh().email, phoneNumber: fresh().phone });
+    const wAdded = await service.identify({
+      email: fresh().email,
+      phoneNumber: w.customer.phoneNumbers[0] ?? "",
+    });
+    const wId = w.customer.primaryContactId;
+    const wSecondary = wAdded.customer.secondaryContactIds[0];
+    assert.ok(wSecondary !== undefined && (await has(wId)));
+    await database.db.executeQuery(
+      CompiledQuery.raw(
+        `insert or replace into "Contact" ("id", "email", "phoneNumber", "linkedId", "linkPrecedence", "createdAt", "updatedAt") values (?, ?, null, null, 'primary', ?, ?)`,
+        [wSecondary, fresh().email, at, at],
+      ),
+    );
+    assert.equal(await has(wId), false, "dropped before the replace");
+    await assertKeptAnswersMatchRows();
+    const after = await service.identify({
+      email: null,
+      phoneNumber: w.customer.phoneNumbers[0] ?? "",
+    });
+    assert.deepEqual(after.customer.secondaryContactIds, []);
   });
 
   it("answers customers written without the service (no kept answer) from their rows", async () => {
@@ -163,13 +241,14 @@ describe("kept answers on sqlite", () => {
     assert.equal((await keptAnswers(database)).has(row.id), false);
     const request: IdentifyRequest = { email: a.email, phoneNumber: a.phone };
     const before = await allContacts(database);
-    const first = await service.identify(request);
-    assert.equal(first.outcome, "unchanged");
-    assert.equal(first.json, null);
-    assert.deepEqual(first.customer, expectedAnswer(before, row.id));
+    for (let i = 0; i < 2; i++) {
+      const read = await service.identify(request);
+      assert.equal(read.outcome, "unchanged");
+      assert.equal(read.json, null);
+      assert.deepEqual(read.customer, expectedAnswer(before, row.id));
+    }
     assert.deepEqual(await allContacts(database), before);
-    const second = await service.identify(request);
-    assert.equal(second.json, JSON.stringify(first.customer));
+    assert.equal((await keptAnswers(database)).has(row.id), false);
   });
 
   it("answers a request with new information or a bridge from a transaction, never the kept answer", async () => {
@@ -187,13 +266,81 @@ describe("kept answers on sqlite", () => {
     await assertKeptAnswersMatchRows();
   });
 
+  it("keeps, on migrating to 0003, the answers of the customers already stored", async () => {
+    const older = await createTestDatabase("sqlite");
+    const before = openDatabase(older.target, { poolSize: 1, lockTimeoutMs: 5000 });
+    try {
+      const migrator = new Migrator({
+        db: before.db,
+        provider: {
+          getMigrations: () =>
+            Promise.resolve({
+              "0001-create-contact": createContact("sqlite"),
+              "0002-create-contact-merge": createContactMerge("sqlite"),
+            }),
+        },
+      });
+      assert.equal((await migrator.migrateToLatest()).error, undefined);
+      const at = (ms: number) => new Date(Date.UTC(2025, 0, 1) + ms).toISOString();
+      const rows: Parameters<typeof insertRows>[1] = [];
+      // 600 customers of 1-3 rows (more than one chunk), one with a soft-deleted secondary, one
+      // whose primary is soft-deleted (its answer comes from the transaction that promotes).
+      let id = 0;
+      for (let c = 0; c < 600; c++) {
+        const primary = ++id;
+        rows.push({
+          id: primary,
+          email: `old${c}@example.com`,
+          phoneNumber: `+1${c}`,
+          linkedId: null,
+          linkPrecedence: "primary",
+          createdAt: at(primary),
+          updatedAt: at(primary),
+          deletedAt: c === 1 ? at(0) : null,
+        });
+        for (let k = 0; k < c % 3; k++) {
+          const secondary = ++id;
+          rows.push({
+            id: secondary,
+            email: `old${c}.${k}@example.com`,
+            phoneNumber: `+1${c}`,
+            linkedId: primary,
+            linkPrecedence: "secondary",
+            createdAt: at(secondary),
+            updatedAt: at(secondary),
+            deletedAt: c === 2 && k === 0 ? at(0) : null,
+          });
+        }
+      }
+      await insertRows(before, rows);
+    } finally {
+      await before.destroy();
+    }
+    const after = await openMigrated(older);
+    try {
+      const stored = await allContacts(after);
+      const kept = await keptAnswers(after);
+      assert.deepEqual(keptAnswerViolations(stored, kept), []);
+      assert.equal(kept.size, 599, "every customer whose primary is live");
+      assert.equal(kept.has(2), false, "not the customer whose primary is soft-deleted");
+      const third = JSON.parse(kept.get(4) ?? "null") as { emails: string[] };
+      assert.deepEqual(third.emails, ["old2@example.com", "old2.1@example.com"]);
+      const store = new IdentifyService(new SqlContactStore(after), new NoCache());
+      const repeat = await store.identify({ email: "old599@example.com", phoneNumber: null });
+      assert.equal(repeat.json, kept.get(repeat.customer.primaryContactId) ?? "missing");
+    } finally {
+      await after.destroy();
+      await older.drop();
+    }
+  });
+
   it("drops and finds answers by primary key (no scan of CustomerAnswer)", async () => {
     const triggers = await database.db.executeQuery<{ sql: string }>(
       CompiledQuery.raw(
         "select sql from sqlite_master where type = 'trigger' and tbl_name = 'Contact' order by name",
       ),
     );
-    assert.equal(triggers.rows.length, 3);
+    assert.equal(triggers.rows.length, 4);
     for (const { sql } of triggers.rows) {
       const body = /begin (.*); end$/is.exec(sql)?.[1];
       assert.ok(body !== undefined, sql);
@@ -208,3 +355,25 @@ describe("kept answers on sqlite", () => {
     }
   });
 });
+
+/** Inserts rows as they are (ids included), without the service. */
+async function insertRows(
+  database: Database,
+  rows: {
+    id: number;
+    email: string | null;
+    phoneNumber: string | null;
+    linkedId: number | null;
+    linkPrecedence: "primary" | "secondary";
+    createdAt: string;
+    updatedAt: string;
+    deletedAt: string | null;
+  }[],
+): Promise<void> {
+  for (let i = 0; i < rows.length; i += 100) {
+    await database.db
+      .insertInto("Contact")
+      .values(rows.slice(i, i + 100))
+      .execute();
+  }
+}

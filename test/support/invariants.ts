@@ -107,17 +107,19 @@ export function expectedAnswer(rows: readonly StoredContact[], primaryId: number
 
 /**
  * Every kept answer (SQLite, migration 0003) that is not the answer computed from the rows, or
- * that belongs to no live customer; empty when they all agree.
+ * that is kept for anything but a live primary; empty when they all agree.
  */
 export function keptAnswerViolations(
   rows: readonly StoredContact[],
   kept: ReadonlyMap<number, string>,
 ): string[] {
-  const customers = customersOf(rows);
+  const livePrimaries = new Set(
+    rows.filter((row) => row.deletedAt === null && row.linkedId === null).map((row) => row.id),
+  );
   const problems: string[] = [];
   for (const [primaryId, answer] of kept) {
-    if (!customers.has(primaryId)) {
-      problems.push(`answer kept for ${primaryId}, which is no customer`);
+    if (!livePrimaries.has(primaryId)) {
+      problems.push(`answer kept for ${primaryId}, which is no live primary`);
     } else if (answer !== JSON.stringify(expectedAnswer(rows, primaryId))) {
       problems.push(`answer kept for ${primaryId} is not its rows': ${answer}`);
     }
