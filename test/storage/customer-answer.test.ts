@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { CompiledQuery, Migrator } from "kysely";
+import type { Kysely } from "kysely";
 import { NoCache } from "../../src/cache/customer-cache.js";
 import type { IdentifyRequest } from "../../src/domain/contact.js";
 import { IdentifyService } from "../../src/service/identify.service.js";
@@ -9,6 +10,7 @@ import { openDatabase } from "../../src/storage/database.js";
 import type { Database } from "../../src/storage/database.js";
 import { createContact } from "../../src/storage/migrations/0001-create-contact.js";
 import { createContactMerge } from "../../src/storage/migrations/0002-create-contact-merge.js";
+import { keepMissingAnswers } from "../../src/storage/migrations/0003-create-customer-answer.js";
 import { startApp } from "../support/app.js";
 import type { RunningApp } from "../support/app.js";
 import {
@@ -215,6 +217,29 @@ describe("kept answers on sqlite", () => {
       ),
     );
     assert.equal(await has(wId), false, "dropped before the replace");
+
+    // UPDATE OR REPLACE that moves a row's id onto another customer's row.
+    const v = await service.identify({ email: fresh().email, phoneNumber: fresh().phone });
+    const vAdded = await service.identify({
+      email: fresh().email,
+      phoneNumber: v.customer.phoneNumbers[0] ?? "",
+    });
+    const vId = v.customer.primaryContactId;
+    const vSecondary = vAdded.customer.secondaryContactIds[0];
+    const u = await service.identify({ email: fresh().email, phoneNumber: fresh().phone });
+    const uAdded = await service.identify({
+      email: fresh().email,
+      phoneNumber: u.customer.phoneNumbers[0] ?? "",
+    });
+    const uSecondary = uAdded.customer.secondaryContactIds[0];
+    assert.ok(vSecondary !== undefined && uSecondary !== undefined && (await has(vId)));
+    await database.db.executeQuery(
+      CompiledQuery.raw(`update or replace "Contact" set "id" = ? where "id" = ?`, [
+        vSecondary,
+        uSecondary,
+      ]),
+    );
+    assert.equal(await has(vId), false, "the replaced row's customer");
     await assertKeptAnswersMatchRows();
     const after = await service.identify({
       email: null,
@@ -312,6 +337,61 @@ describe("kept answers on sqlite", () => {
           });
         }
       }
+      // Creation order against id order: a secondary older than another with a lower id, a tie
+      // on createdAt (the lower id first), and a secondary with an id below its primary's.
+      const odd = 5000;
+      rows.push(
+        {
+          id: odd,
+          email: "odd@example.com",
+          phoneNumber: "+1999",
+          linkedId: null,
+          linkPrecedence: "primary",
+          createdAt: at(10_000),
+          updatedAt: at(10_000),
+          deletedAt: null,
+        },
+        {
+          id: odd - 1,
+          email: "odd.low@example.com",
+          phoneNumber: "+1999",
+          linkedId: odd,
+          linkPrecedence: "secondary",
+          createdAt: at(10_003),
+          updatedAt: at(10_003),
+          deletedAt: null,
+        },
+        {
+          id: odd + 1,
+          email: "odd.tie2@example.com",
+          phoneNumber: "+1998",
+          linkedId: odd,
+          linkPrecedence: "secondary",
+          createdAt: at(10_002),
+          updatedAt: at(10_002),
+          deletedAt: null,
+        },
+        {
+          id: odd + 2,
+          email: "odd.tie1@example.com",
+          phoneNumber: "+1997",
+          linkedId: odd,
+          linkPrecedence: "secondary",
+          createdAt: at(10_002),
+          updatedAt: at(10_002),
+          deletedAt: null,
+        },
+        {
+          id: odd + 3,
+          email: "odd.first@example.com",
+          phoneNumber: "+1999",
+          linkedId: odd,
+          linkPrecedence: "secondary",
+          createdAt: at(10_001),
+          updatedAt: at(10_001),
+          deletedAt: null,
+        },
+      );
       await insertRows(before, rows);
     } finally {
       await before.destroy();
@@ -321,7 +401,29 @@ describe("kept answers on sqlite", () => {
       const stored = await allContacts(after);
       const kept = await keptAnswers(after);
       assert.deepEqual(keptAnswerViolations(stored, kept), []);
-      assert.equal(kept.size, 599, "every customer whose primary is live");
+      assert.equal(kept.size, 600, "every customer whose primary is live");
+      assert.equal(
+        kept.get(5000),
+        JSON.stringify({
+          primaryContactId: 5000,
+          emails: [
+            "odd@example.com",
+            "odd.first@example.com",
+            "odd.tie2@example.com",
+            "odd.tie1@example.com",
+            "odd.low@example.com",
+          ],
+          phoneNumbers: ["+1999", "+1998", "+1997"],
+          secondaryContactIds: [5003, 5001, 5002, 4999],
+        }),
+      );
+      assert.equal(
+        await after.db
+          .transaction()
+          .execute((trx) => keepMissingAnswers(trx as unknown as Kysely<unknown>)),
+        0,
+        "nothing left to keep",
+      );
       assert.equal(kept.has(2), false, "not the customer whose primary is soft-deleted");
       const third = JSON.parse(kept.get(4) ?? "null") as { emails: string[] };
       assert.deepEqual(third.emails, ["old2@example.com", "old2.1@example.com"]);
@@ -340,7 +442,7 @@ describe("kept answers on sqlite", () => {
         "select sql from sqlite_master where type = 'trigger' and tbl_name = 'Contact' order by name",
       ),
     );
-    assert.equal(triggers.rows.length, 4);
+    assert.equal(triggers.rows.length, 5);
     for (const { sql } of triggers.rows) {
       const body = /begin (.*); end$/is.exec(sql)?.[1];
       assert.ok(body !== undefined, sql);

@@ -40,9 +40,14 @@ export function createCustomerAnswer(dialect: DialectName): Migration {
       await drop("insert", group("new"));
       await drop("update", `${group("old")}, ${group("new")}`);
       await drop("delete", group("old"));
-      // INSERT OR REPLACE deletes the row it replaces without the delete trigger (unless
-      // recursive_triggers is on): drop the answer of the customer that row belonged to first.
-      await sql`create trigger "CustomerAnswer_contact_replace" before insert on "Contact" begin delete from "CustomerAnswer" where "primaryId" in (select coalesce("linkedId", "id") from "Contact" where "id" = new."id"); end`.execute(
+      // INSERT OR REPLACE (and UPDATE OR REPLACE of an id) deletes the row it replaces without the
+      // delete trigger (unless recursive_triggers is on): drop the answer of the customer that
+      // row belonged to first.
+      const replaced = `delete from "CustomerAnswer" where "primaryId" in (select coalesce("linkedId", "id") from "Contact" where "id" = new."id")`;
+      await sql`create trigger "CustomerAnswer_contact_replace" before insert on "Contact" begin ${sql.raw(replaced)}; end`.execute(
+        db,
+      );
+      await sql`create trigger "CustomerAnswer_contact_replace_id" before update of "id" on "Contact" begin ${sql.raw(replaced)}; end`.execute(
         db,
       );
       await keepMissingAnswers(db);
@@ -52,8 +57,10 @@ export function createCustomerAnswer(dialect: DialectName): Migration {
       if (dialect !== "sqlite") {
         return;
       }
-      for (const trigger of ["insert", "update", "delete", "replace"]) {
-        await sql`drop trigger ${sql.ref(`CustomerAnswer_contact_${trigger}`)}`.execute(db);
+      for (const trigger of ["insert", "update", "delete", "replace", "replace_id"]) {
+        await sql`drop trigger if exists ${sql.ref(`CustomerAnswer_contact_${trigger}`)}`.execute(
+          db,
+        );
       }
       await db.schema.dropTable("CustomerAnswer").execute();
     },
@@ -93,19 +100,22 @@ export async function keepMissingAnswers(db: Kysely<unknown>): Promise<number> {
       return kept;
     }
     const first = primaries[0]?.id ?? last;
+    // The primaries of the range (by the primary key), then their secondaries (by the linkedId
+    // index); rows of customers outside the chunk (answer kept already) are left out below.
     const { rows } =
-      await sql<Row>`select "id", "email", "phoneNumber", "linkedId", "createdAt" from "Contact" where "deletedAt" is null and (("linkedId" is null and "id" between ${first} and ${last}) or "linkedId" between ${first} and ${last})`.execute(
+      await sql<Row>`select "id", "email", "phoneNumber", "linkedId", "createdAt" from "Contact" where "deletedAt" is null and "linkedId" is null and "id" between ${first} and ${last} union all select "id", "email", "phoneNumber", "linkedId", "createdAt" from "Contact" where "deletedAt" is null and "linkedId" between ${first} and ${last}`.execute(
         db,
       );
     const members = new Map<number, Row[]>(primaries.map(({ id }) => [id, []]));
     for (const row of rows) {
       members.get(row.linkedId ?? row.id)?.push(row);
     }
-    for (const [primaryId, customer] of members) {
-      await sql`insert into "CustomerAnswer" ("primaryId", "answer") values (${primaryId}, ${answerOf(primaryId, customer)})`.execute(
-        db,
-      );
-    }
+    const values = [...members].map(
+      ([primaryId, customer]) => sql`(${primaryId}, ${answerOf(primaryId, customer)})`,
+    );
+    await sql`insert into "CustomerAnswer" ("primaryId", "answer") values ${sql.join(values)}`.execute(
+      db,
+    );
     kept += members.size;
     after = last;
   }
