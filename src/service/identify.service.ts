@@ -37,7 +37,8 @@ const MAX_LOCK_ROUNDS = 6;
  * A request whose email and phone are already in one cached customer is answered from the cache.
  * Otherwise one database read decides: a request that changes nothing is answered from it (and
  * fills the cache, if no writer published that customer meanwhile). Where the store keeps answers
- * (SQLite), that read is of the kept answer, and a request it cannot answer goes to the
+ * (SQLite), that read is of the kept answer; a request that changes nothing but whose customer has
+ * no kept answer reads the customer's rows, and one that changes something goes to the
  * transaction with the customers it found. Anything else runs in a locked
  * transaction: the request's identifiers are locked first, so no concurrent request can add a row
  * with them; then the primaries of the customers they match are locked, in ascending id order,
