@@ -52,6 +52,16 @@ describe("kept answers on sqlite", () => {
     return { email: `kept${seq}@example.com`, phone: `+1555${String(seq).padStart(6, "0")}` };
   }
 
+  /** A new customer with one secondary, through the service: [primary id, secondary id, phone]. */
+  async function customerWithSecondary(): Promise<[number, number, string]> {
+    const { email, phone } = fresh();
+    const first = await service.identify({ email, phoneNumber: phone });
+    const added = await service.identify({ email: fresh().email, phoneNumber: phone });
+    const secondaryId = added.customer.secondaryContactIds[0];
+    assert.ok(secondaryId !== undefined);
+    return [first.customer.primaryContactId, secondaryId, phone];
+  }
+
   async function post(body: unknown): Promise<{ text: string; type: string | null }> {
     const response = await fetch(`${running.url}/identify`, {
       method: "POST",
@@ -202,14 +212,8 @@ describe("kept answers on sqlite", () => {
     assert.equal(await has(zId), false);
 
     // INSERT OR REPLACE over a secondary of a customer whose answer is kept.
-    const w = await service.identify({ email: fresh().email, phoneNumber: fresh().phone });
-    const wAdded = await service.identify({
-      email: fresh().email,
-      phoneNumber: w.customer.phoneNumbers[0] ?? "",
-    });
-    const wId = w.customer.primaryContactId;
-    const wSecondary = wAdded.customer.secondaryContactIds[0];
-    assert.ok(wSecondary !== undefined && (await has(wId)));
+    const [wId, wSecondary, wPhone] = await customerWithSecondary();
+    assert.ok(await has(wId));
     await database.db.executeQuery(
       CompiledQuery.raw(
         `insert or replace into "Contact" ("id", "email", "phoneNumber", "linkedId", "linkPrecedence", "createdAt", "updatedAt") values (?, ?, null, null, 'primary', ?, ?)`,
@@ -219,20 +223,9 @@ describe("kept answers on sqlite", () => {
     assert.equal(await has(wId), false, "dropped before the replace");
 
     // UPDATE OR REPLACE that moves a row's id onto another customer's row.
-    const v = await service.identify({ email: fresh().email, phoneNumber: fresh().phone });
-    const vAdded = await service.identify({
-      email: fresh().email,
-      phoneNumber: v.customer.phoneNumbers[0] ?? "",
-    });
-    const vId = v.customer.primaryContactId;
-    const vSecondary = vAdded.customer.secondaryContactIds[0];
-    const u = await service.identify({ email: fresh().email, phoneNumber: fresh().phone });
-    const uAdded = await service.identify({
-      email: fresh().email,
-      phoneNumber: u.customer.phoneNumbers[0] ?? "",
-    });
-    const uSecondary = uAdded.customer.secondaryContactIds[0];
-    assert.ok(vSecondary !== undefined && uSecondary !== undefined && (await has(vId)));
+    const [vId, vSecondary] = await customerWithSecondary();
+    const [, uSecondary] = await customerWithSecondary();
+    assert.ok(await has(vId));
     await database.db.executeQuery(
       CompiledQuery.raw(`update or replace "Contact" set "id" = ? where "id" = ?`, [
         vSecondary,
@@ -241,10 +234,7 @@ describe("kept answers on sqlite", () => {
     );
     assert.equal(await has(vId), false, "the replaced row's customer");
     await assertKeptAnswersMatchRows();
-    const after = await service.identify({
-      email: null,
-      phoneNumber: w.customer.phoneNumbers[0] ?? "",
-    });
+    const after = await service.identify({ email: null, phoneNumber: wPhone });
     assert.deepEqual(after.customer.secondaryContactIds, []);
   });
 
