@@ -114,8 +114,8 @@ export function readinessOf(database: Database, cache: CustomerCache): () => Pro
  * cache stays coherent with every process on the database; without it (MySQL/MariaDB,
  * PostgreSQL) within this one only, and nothing here can tell that other instances share the
  * database (containers behind a load balancer, each with WORKERS=1). On SQLite it is not the
- * default either: it saved 7–15% of the server's CPU per request and cost 45–65 MB of RSS under
- * sustained load, over the speed issue's 200 MB (README, Cache).
+ * default either: with SQLite's kept answers it saves no CPU there, and it cost 41–66 MB of RSS
+ * under sustained load, up to the speed issue's 200 MB (README, Cache).
  */
 export async function createCache(
   config: Config,

@@ -1,4 +1,4 @@
-import type { Contact, IdentifyRequest } from "../domain/contact.js";
+import type { Contact, Customer, IdentifyRequest } from "../domain/contact.js";
 import type { ReconcilePlan } from "../domain/reconcile.js";
 
 /** Reads that may run inside or outside a transaction. */
@@ -32,10 +32,10 @@ export interface ContactTransaction {
   /**
    * Writes the plan of `request` (a merge is logged with the request's identifiers; where the
    * store keeps answers, the resulting customer's answer too) and ends the transaction: the
-   * work's last call. Returns the inserted row, if the plan inserts one,
-   * once the writes are committed (SQLite: once they are in the batch that commits).
+   * work's last call. Returns the resulting customer (the plan's members and the inserted row,
+   * consolidated) once the writes are committed (SQLite: once they are in the batch that commits).
    */
-  commit(plan: ReconcilePlan, now: number, request: IdentifyRequest): Promise<Contact | null>;
+  commit(plan: ReconcilePlan, now: number, request: IdentifyRequest): Promise<Customer>;
 }
 
 /** What the kept answers (SQLite) say about a request: see ContactStore.findAnswer. */

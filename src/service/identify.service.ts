@@ -126,13 +126,7 @@ export class IdentifyService {
 
         const now = this.clock();
         const plan = planIdentify(request, rows, now);
-        const inserted = await tx.commit(plan, now, request);
-        const primaryId = plan.winnerId ?? inserted?.id;
-        if (primaryId === undefined) {
-          throw new Error("unreachable: a plan without a winner inserts a primary");
-        }
-        const members = inserted === null ? plan.members : [...plan.members, inserted];
-        return { customer: consolidate(primaryId, members), plan: plan };
+        return { customer: await tx.commit(plan, now, request), plan };
       },
     );
     if (plan.outcome === "unchanged") {

@@ -2,7 +2,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import { CompiledQuery, sql } from "kysely";
 import type { Kysely } from "kysely";
 import { identifierDigest } from "../domain/contact.js";
-import type { Contact, IdentifyRequest } from "../domain/contact.js";
+import type { Contact, Customer, IdentifyRequest } from "../domain/contact.js";
 import { consolidate } from "../domain/reconcile.js";
 import type { ReconcilePlan } from "../domain/reconcile.js";
 import { RetryTransactionError } from "../service/contact-store.js";
@@ -411,11 +411,7 @@ class SqlContactTransaction implements ContactTransaction {
   }
 
   /** Sends the plan's writes and, on the servers, COMMIT behind them. */
-  async commit(
-    plan: ReconcilePlan,
-    now: number,
-    request: IdentifyRequest,
-  ): Promise<Contact | null> {
+  async commit(plan: ReconcilePlan, now: number, request: IdentifyRequest): Promise<Customer> {
     const { winnerId, insert } = plan;
     const updatedAt = this.time(now);
     const doing = "writing a plan";
@@ -439,23 +435,6 @@ class SqlContactTransaction implements ContactTransaction {
       }
     }
     const linkPrecedence = winnerId === null ? "primary" : "secondary";
-    const insertedContact = (result: Result): Contact => {
-      const id =
-        this.dialect === "mysql"
-          ? Number(result.insertId)
-          : (result.rows[0] as Pick<ContactRow, "id"> | undefined)?.id;
-      if (insert === null || id === undefined || !Number.isSafeInteger(id)) {
-        throw new Error("the insert returned no id");
-      }
-      return {
-        id,
-        email: insert.email,
-        phoneNumber: insert.phoneNumber,
-        linkedId: winnerId,
-        linkPrecedence,
-        createdAt: insert.createdAt,
-      };
-    };
     const inserted =
       insert === null
         ? null
@@ -471,25 +450,35 @@ class SqlContactTransaction implements ContactTransaction {
           );
     this.ended = true;
     const { keepAnswer } = this.statements;
-    if (keepAnswer !== null) {
-      // SQLite: the customer's answer, kept in the same transaction; the session's batch commits
-      // once every write of its transactions has run.
-      const added = inserted === null ? null : insertedContact(await inserted);
-      const primaryId = winnerId ?? added?.id;
-      if (primaryId === undefined) {
-        throw new Error("unreachable: a plan without a winner inserts a primary");
+    // The servers: COMMIT goes out behind the writes. SQLite: the session's batch commits once
+    // every write of its transactions has run.
+    const last = keepAnswer === null ? this.queue.run(COMMIT, "committing") : null;
+    let added: Contact | null = null;
+    if (insert !== null && inserted !== null) {
+      const result = await inserted;
+      const id =
+        this.dialect === "mysql"
+          ? Number(result.insertId)
+          : (result.rows[0] as Pick<ContactRow, "id"> | undefined)?.id;
+      if (id === undefined || !Number.isSafeInteger(id)) {
+        throw new Error("the insert returned no id");
       }
-      const customer = consolidate(
-        primaryId,
-        added === null ? plan.members : [...plan.members, added],
-      );
-      await this.queue.run(keepAnswer.bind([primaryId, JSON.stringify(customer)]), doing);
-      return added;
+      added = { id, ...insert, linkedId: winnerId, linkPrecedence };
     }
-    const last = this.queue.run(COMMIT, "committing");
-    const result = inserted === null ? null : await inserted;
+    const primaryId = winnerId ?? added?.id;
+    if (primaryId === undefined) {
+      throw new Error("unreachable: a plan without a winner inserts a primary");
+    }
+    const customer = consolidate(
+      primaryId,
+      added === null ? plan.members : [...plan.members, added],
+    );
+    if (keepAnswer !== null) {
+      // SQLite: the customer's answer, kept in the same transaction.
+      await this.queue.run(keepAnswer.bind([primaryId, JSON.stringify(customer)]), doing);
+    }
     await last;
-    return result === null ? null : insertedContact(result);
+    return customer;
   }
 }
 
