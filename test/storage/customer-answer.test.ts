@@ -20,6 +20,7 @@ import {
   openMigrated,
 } from "../support/databases.js";
 import type { TestDatabase } from "../support/databases.js";
+import { postIdentify } from "../support/server.js";
 import { expectedAnswer, keptAnswerViolations } from "../support/invariants.js";
 
 /**
@@ -63,13 +64,9 @@ describe("kept answers on sqlite", () => {
   }
 
   async function post(body: unknown): Promise<{ text: string; type: string | null }> {
-    const response = await fetch(`${running.url}/identify`, {
-      method: "POST",
-      headers: { "content-type": "application/json" },
-      body: JSON.stringify(body),
-    });
+    const response = await postIdentify(running.url, body);
     assert.equal(response.status, 200);
-    return { text: await response.text(), type: response.headers.get("content-type") };
+    return { text: response.text, type: response.headers.get("content-type") };
   }
 
   /** Every kept answer equals the answer computed from the rows; none for a customer gone. */

@@ -99,12 +99,15 @@ export function runServerToExit(env: Record<string, string>, timeoutMs = 20000):
   return runToExit(SERVER_ENTRY, { PORT: "0", ...env }, timeoutMs);
 }
 
-/** POSTs a JSON body (or a raw string) to /identify and returns status, headers and body. */
+/**
+ * POSTs a JSON body (or a raw string) to /identify and returns status, headers and body (parsed
+ * when it is JSON, and as the text received).
+ */
 export async function postIdentify(
   baseUrl: string,
   body: unknown,
   init: { raw?: string; contentType?: string; headers?: Record<string, string> } = {},
-): Promise<{ status: number; headers: Headers; body: unknown }> {
+): Promise<{ status: number; headers: Headers; body: unknown; text: string }> {
   const response = await fetch(`${baseUrl}/identify`, {
     method: "POST",
     headers: { "content-type": init.contentType ?? "application/json", ...init.headers },
@@ -117,7 +120,7 @@ export async function postIdentify(
   } catch {
     // not JSON: keep the text
   }
-  return { status: response.status, headers: response.headers, body: parsed };
+  return { status: response.status, headers: response.headers, body: parsed, text };
 }
 
 /** Runs `npm run migrate`'s entry point against `databaseUrl` and collects its output. */
