@@ -15,6 +15,7 @@ import { ApiKeys, guardRequest, screenBody, ThreatTracker } from "./security.js"
 import type { ThreatPolicy } from "./security.js";
 import type { ErrorMessages } from "./errors.js";
 import { healthRoute } from "./health.route.js";
+import { DEBUG_LEVELS } from "./log-levels.js";
 import { syncedRedisStore } from "./rate-limit-store.js";
 import type { Readiness } from "./health.route.js";
 import { identifyRoute } from "./identify.route.js";
@@ -163,22 +164,26 @@ export function buildApp(deps: AppDeps): FastifyInstance {
     }
     done(null, payload);
   });
-  app.addHook("onResponse", async (request, reply) => {
+  // A callback hook, not an async one: no promise per request.
+  app.addHook("onResponse", (request, reply, done) => {
     deps.metrics.observeRequest(
       request.routeOptions.url ?? "unmatched",
       request.method,
       reply.statusCode,
       reply.elapsedTime / 1000,
     );
-    request.log.debug(
-      {
-        method: request.method,
-        url: request.url,
-        statusCode: reply.statusCode,
-        responseTime: reply.elapsedTime,
-      },
-      "request completed",
-    );
+    if (DEBUG_LEVELS.has(request.log.level)) {
+      request.log.debug(
+        {
+          method: request.method,
+          url: request.url,
+          statusCode: reply.statusCode,
+          responseTime: reply.elapsedTime,
+        },
+        "request completed",
+      );
+    }
+    done();
   });
   app.setErrorHandler(createErrorHandler(deps.errorMessages));
   app.setNotFoundHandler((request, reply) =>

@@ -2,7 +2,9 @@ import type { FastifyInstance } from "fastify";
 import { parseIdentifyRequest } from "../domain/identify-input.js";
 import type { Metrics } from "../observability/metrics.js";
 import type { IdentifyService } from "../service/identify.service.js";
+import { Deadlines } from "./deadlines.js";
 import { MASKED_MESSAGES } from "./errors.js";
+import { DEBUG_LEVELS } from "./log-levels.js";
 import { customerSchema, errorSchema, identifyBodySchema } from "./schemas.js";
 
 export interface IdentifyRouteOptions {
@@ -11,32 +13,6 @@ export interface IdentifyRouteOptions {
   /** Answer 503 when the service has not answered in this time (the work may still finish). */
   readonly timeoutMs: number;
 }
-
-/** The service did not answer within the handler timeout. */
-export class HandlerTimeoutError extends Error {
-  readonly code = "HANDLER_TIMEOUT";
-  constructor(timeoutMs: number) {
-    super(`no answer within ${timeoutMs} ms`);
-    this.name = "HandlerTimeoutError";
-  }
-}
-
-// A timer per request rather than Fastify's handlerTimeout, whose AbortController and
-// DOMException per request cost about a tenth of the throughput.
-function withTimeout<T>(work: Promise<T>, timeoutMs: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => {
-      reject(new HandlerTimeoutError(timeoutMs));
-    }, timeoutMs);
-  });
-  return Promise.race([work, timeout]).finally(() => {
-    clearTimeout(timer);
-  });
-}
-
-/** Log levels at which the debug line is written (and a kept answer parsed for it). */
-const DEBUG_LEVELS = new Set(["debug", "trace"]);
 
 const REQUEST_ID = "0b7c4a52-3f7e-4b8e-9a39-4c1d2d6f9e10";
 
@@ -50,6 +26,7 @@ export function identifyRoute(
   options: IdentifyRouteOptions,
   done: (error?: Error) => void,
 ): void {
+  const deadlines = new Deadlines(options.timeoutMs);
   app.post(
     "/identify",
     {
@@ -98,7 +75,7 @@ export function identifyRoute(
     },
     async (request, reply) => {
       const input = parseIdentifyRequest(request.body);
-      const result = await withTimeout(options.identify.identify(input), options.timeoutMs);
+      const result = await deadlines.within(options.identify.identify(input));
       const { outcome, cached, json } = result;
       options.metrics.identified(outcome, cached ? "cache" : "database");
       if (DEBUG_LEVELS.has(request.log.level)) {

@@ -1,0 +1,44 @@
+import assert from "node:assert/strict";
+import { describe, it } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { Deadlines, HandlerTimeoutError } from "../../src/http/deadlines.js";
+
+describe("Deadlines", () => {
+  it("passes on the work's value and its error, before the deadline", async () => {
+    const deadlines = new Deadlines(200);
+    assert.equal(await deadlines.within(Promise.resolve(7)), 7);
+    const failure = new Error("the work failed");
+    await assert.rejects(deadlines.within(Promise.reject(failure)), (error) => error === failure);
+  });
+
+  it("rejects once the deadline has passed (within a tenth of it), not before", async () => {
+    const deadlines = new Deadlines(200);
+    const started = Date.now();
+    let late = false;
+    const slow = sleep(600).then(() => {
+      late = true;
+      return "too late";
+    });
+    const early = deadlines.within(sleep(50).then(() => "in time"));
+    const error = await deadlines.within(slow).then(
+      () => null,
+      (reason: unknown) => reason,
+    );
+    const elapsed = Date.now() - started;
+    assert.equal(await early, "in time");
+    assert.ok(error instanceof HandlerTimeoutError, `rejected with ${String(error)}`);
+    assert.equal(error.code, "HANDLER_TIMEOUT");
+    assert.equal(late, false, "rejected before the work ended");
+    assert.ok(elapsed >= 200 && elapsed < 200 + 20 + 100, `rejected after ${elapsed} ms`);
+    await slow;
+  });
+
+  it("keeps no interval running while nothing is in flight", async () => {
+    const deadlines = new Deadlines(50);
+    assert.equal(deadlines.sweeping, false);
+    await deadlines.within(sleep(10));
+    assert.equal(deadlines.sweeping, true);
+    await sleep(30); // the next sweep finds nothing in flight and stops
+    assert.equal(deadlines.sweeping, false);
+  });
+});
