@@ -33,6 +33,49 @@ describe("Deadlines", () => {
     await slow;
   });
 
+  it("lets go of a request as soon as it settles, before any sweep", async () => {
+    const deadlines = new Deadlines(10_000); // sweeps every 250 ms
+    const work = deadlines.within(sleep(5).then(() => "done"));
+    assert.equal(deadlines.size, 1);
+    assert.equal(await work, "done");
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(deadlines.size, 0);
+  });
+
+  it("keeps track of requests settling in any order", async () => {
+    const deadlines = new Deadlines(100);
+    const settle: (() => void)[] = [];
+    const works = [0, 1, 2, 3].map((i) =>
+      deadlines.within(
+        new Promise<number>((resolve) => {
+          settle[i] = () => {
+            resolve(i);
+          };
+        }),
+      ),
+    );
+    assert.equal(deadlines.size, 4);
+    for (const [i, left] of [
+      [1, 3],
+      [3, 2],
+      [0, 1],
+    ] as const) {
+      settle[i]?.();
+      assert.equal(await works[i], i);
+      await new Promise((resolve) => setImmediate(resolve));
+      assert.equal(deadlines.size, left);
+    }
+    // The one left still times out (the interval keeps no process alive: this timer does), and
+    // settling it afterwards changes nothing.
+    const alive = setTimeout(() => undefined, 1000);
+    await assert.rejects(works[2] ?? Promise.resolve(), HandlerTimeoutError);
+    clearTimeout(alive);
+    assert.equal(deadlines.size, 0);
+    settle[2]?.();
+    await new Promise((resolve) => setImmediate(resolve));
+    assert.equal(deadlines.size, 0);
+  });
+
   it("keeps no interval running while nothing is in flight", async () => {
     const deadlines = new Deadlines(50);
     assert.equal(deadlines.sweeping, false);
