@@ -41,8 +41,14 @@ interface RequestCount {
  * `http_request_duration_seconds` from a tally the hot path keeps in a Map, exported in
  * prom-client's format when scraped. prom-client's own `observe` and `inc` validate and hash the
  * labels on every call: three hashes a request were about 2% of a repeat's CPU.
+ *
+ * Only `get` (and `getForPromString`) of prom-client's Histogram are used: its own storage stays
+ * empty, so `observe` and `reset` on this metric do nothing, and `registry.resetMetrics()` does
+ * not reset the request metrics (the service never resets them).
  */
 const DURATION = "http_request_duration_seconds";
+/** prom-client types its metric types as a numeric enum; its metrics carry the text. */
+const HISTOGRAM_TYPE = "histogram" as unknown as MetricType;
 const DURATION_HELP = "HTTP request latency, by route, method and status.";
 
 class RequestHistogram extends Histogram<RequestLabel> {
@@ -60,8 +66,15 @@ class RequestHistogram extends Histogram<RequestLabel> {
   }
 
   override get(): ReturnType<Histogram<RequestLabel>["get"]> {
-    const values: { labels: Record<string, string | number>; value: number; metricName: string }[] =
-      [];
+    // In prom-client's shape, `exemplar: null` on the buckets included (what the workers send
+    // the primary, as JSON, is then the same).
+    const bucket = `${DURATION}_bucket`;
+    const values: {
+      labels: Record<string, string | number>;
+      value: number;
+      metricName: string;
+      exemplar?: null;
+    }[] = [];
     for (const { labels, count, sum, buckets } of this.tally.values()) {
       let cumulative = 0;
       REQUEST_BUCKETS.forEach((le, i) => {
@@ -69,11 +82,12 @@ class RequestHistogram extends Histogram<RequestLabel> {
         values.push({
           labels: { le, ...labels },
           value: cumulative,
-          metricName: `${DURATION}_bucket`,
+          metricName: bucket,
+          exemplar: null,
         });
       });
       values.push(
-        { labels: { le: "+Inf", ...labels }, value: count, metricName: `${DURATION}_bucket` },
+        { labels: { le: "+Inf", ...labels }, value: count, metricName: bucket, exemplar: null },
         { labels: { ...labels }, value: sum, metricName: `${DURATION}_sum` },
         { labels: { ...labels }, value: count, metricName: `${DURATION}_count` },
       );
@@ -81,8 +95,7 @@ class RequestHistogram extends Histogram<RequestLabel> {
     return Promise.resolve({
       name: DURATION,
       help: DURATION_HELP,
-      // The enum of prom-client's types is numeric; its metrics carry the text.
-      type: "histogram" as unknown as MetricType,
+      type: HISTOGRAM_TYPE,
       values,
       aggregator: "sum",
       collect: () => undefined,
@@ -204,6 +217,9 @@ export function createMetrics(sources: MetricSources): Metrics {
   return {
     registry,
     observeRequest(route, method, status, seconds) {
+      if (!Number.isFinite(seconds)) {
+        return;
+      }
       const key = `${route} ${method} ${status}`;
       let tally = requestTally.get(key);
       if (tally === undefined) {
