@@ -37,6 +37,11 @@ interface RequestCount {
   readonly buckets: number[];
 }
 
+const DURATION = "http_request_duration_seconds";
+/** prom-client types its metric types as a numeric enum; its metrics carry the text. */
+const HISTOGRAM_TYPE = "histogram" as unknown as MetricType;
+const DURATION_HELP = "HTTP request latency, by route, method and status.";
+
 /**
  * `http_request_duration_seconds` from a tally the hot path keeps in a Map, exported in
  * prom-client's format when scraped. prom-client's own `observe` and `inc` validate and hash the
@@ -46,11 +51,6 @@ interface RequestCount {
  * empty, so `observe` and `reset` on this metric do nothing, and `registry.resetMetrics()` does
  * not reset the request metrics (the service never resets them).
  */
-const DURATION = "http_request_duration_seconds";
-/** prom-client types its metric types as a numeric enum; its metrics carry the text. */
-const HISTOGRAM_TYPE = "histogram" as unknown as MetricType;
-const DURATION_HELP = "HTTP request latency, by route, method and status.";
-
 class RequestHistogram extends Histogram<RequestLabel> {
   constructor(
     private readonly tally: ReadonlyMap<string, RequestCount>,
