@@ -278,6 +278,49 @@ describe("kept answers on sqlite", () => {
     await assertKeptAnswersMatchRows();
   });
 
+  it("keeps no answer of a batch that rolled back: the transaction that ran again keeps its own", async () => {
+    const session = database.sqlite;
+    assert.ok(session !== null);
+    const existing = fresh();
+    const first = await service.identify({ email: existing.email, phoneNumber: existing.phone });
+    const primaryId = first.customer.primaryContactId;
+    const doomed = fresh().email;
+    await database.db.executeQuery(
+      CompiledQuery.raw(
+        `create trigger "test_fail_insert" before insert on "Contact" when new."email" = '${doomed}' ` +
+          "begin select raise(abort, 'refused by the test'); end",
+      ),
+    );
+    // The statements of the batches, to show the order: the secondary's transaction, with its
+    // kept answer, ran first in the batch that the second one's failure rolled back.
+    const statements: string[] = [];
+    const run = session.run.bind(session);
+    session.run = (query) => {
+      statements.push(query.sql.split(" ").slice(0, 3).join(" "));
+      return run(query);
+    };
+    try {
+      // One turn: both read in one batch, then write in one batch, the secondary first.
+      const added = service.identify({ email: fresh().email, phoneNumber: existing.phone });
+      const refused = service.identify({ email: doomed, phoneNumber: null });
+      await assert.rejects(refused, /refused by the test|writing a plan/);
+      const customer = (await added).customer;
+      assert.equal(customer.secondaryContactIds.length, 1, "the secondary inserted once");
+      const upsert = 'insert into "CustomerAnswer"';
+      const firstUpsert = statements.indexOf(upsert);
+      const rollback = statements.indexOf("rollback");
+      assert.ok(firstUpsert >= 0 && rollback > firstUpsert, statements.join("\n"));
+      assert.ok(statements.indexOf(upsert, rollback) > rollback, "kept again when it ran again");
+      const kept = await assertKeptAnswersMatchRows();
+      assert.equal(kept.get(primaryId), JSON.stringify(customer));
+      const repeat = await service.identify({ email: existing.email, phoneNumber: existing.phone });
+      assert.equal(repeat.json, JSON.stringify(customer));
+    } finally {
+      session.run = run;
+      await database.db.executeQuery(CompiledQuery.raw('drop trigger "test_fail_insert"'));
+    }
+  });
+
   it("keeps, on migrating to 0003, the answers of the customers already stored", async () => {
     const older = await createTestDatabase("sqlite");
     const before = openDatabase(older.target, { poolSize: 1, lockTimeoutMs: 5000 });
