@@ -340,87 +340,51 @@ describe("kept answers on sqlite", () => {
       const rows: Parameters<typeof insertRows>[1] = [];
       // 600 customers of 1-3 rows (more than one chunk), one with a soft-deleted secondary, one
       // whose primary is soft-deleted (its answer comes from the transaction that promotes).
+      /** A stored row created (and last updated) `ms` after the start of 2025. */
+      const row = (
+        id: number,
+        email: string,
+        phoneNumber: string,
+        linkedId: number | null,
+        ms: number,
+        deleted = false,
+      ) => ({
+        id,
+        email,
+        phoneNumber,
+        linkedId,
+        linkPrecedence: linkedId === null ? ("primary" as const) : ("secondary" as const),
+        createdAt: at(ms),
+        updatedAt: at(ms),
+        deletedAt: deleted ? at(0) : null,
+      });
       let id = 0;
       for (let c = 0; c < 600; c++) {
         const primary = ++id;
-        rows.push({
-          id: primary,
-          email: `old${c}@example.com`,
-          phoneNumber: `+1${c}`,
-          linkedId: null,
-          linkPrecedence: "primary",
-          createdAt: at(primary),
-          updatedAt: at(primary),
-          deletedAt: c === 1 ? at(0) : null,
-        });
+        rows.push(row(primary, `old${c}@example.com`, `+1${c}`, null, primary, c === 1));
         for (let k = 0; k < c % 3; k++) {
           const secondary = ++id;
-          rows.push({
-            id: secondary,
-            email: `old${c}.${k}@example.com`,
-            phoneNumber: `+1${c}`,
-            linkedId: primary,
-            linkPrecedence: "secondary",
-            createdAt: at(secondary),
-            updatedAt: at(secondary),
-            deletedAt: c === 2 && k === 0 ? at(0) : null,
-          });
+          rows.push(
+            row(
+              secondary,
+              `old${c}.${k}@example.com`,
+              `+1${c}`,
+              primary,
+              secondary,
+              c === 2 && k === 0,
+            ),
+          );
         }
       }
       // Creation order against id order: a secondary older than another with a lower id, a tie
       // on createdAt (the lower id first), and a secondary with an id below its primary's.
       const odd = 5000;
       rows.push(
-        {
-          id: odd,
-          email: "odd@example.com",
-          phoneNumber: "+1999",
-          linkedId: null,
-          linkPrecedence: "primary",
-          createdAt: at(10_000),
-          updatedAt: at(10_000),
-          deletedAt: null,
-        },
-        {
-          id: odd - 1,
-          email: "odd.low@example.com",
-          phoneNumber: "+1999",
-          linkedId: odd,
-          linkPrecedence: "secondary",
-          createdAt: at(10_003),
-          updatedAt: at(10_003),
-          deletedAt: null,
-        },
-        {
-          id: odd + 1,
-          email: "odd.tie2@example.com",
-          phoneNumber: "+1998",
-          linkedId: odd,
-          linkPrecedence: "secondary",
-          createdAt: at(10_002),
-          updatedAt: at(10_002),
-          deletedAt: null,
-        },
-        {
-          id: odd + 2,
-          email: "odd.tie1@example.com",
-          phoneNumber: "+1997",
-          linkedId: odd,
-          linkPrecedence: "secondary",
-          createdAt: at(10_002),
-          updatedAt: at(10_002),
-          deletedAt: null,
-        },
-        {
-          id: odd + 3,
-          email: "odd.first@example.com",
-          phoneNumber: "+1999",
-          linkedId: odd,
-          linkPrecedence: "secondary",
-          createdAt: at(10_001),
-          updatedAt: at(10_001),
-          deletedAt: null,
-        },
+        row(odd, "odd@example.com", "+1999", null, 10_000),
+        row(odd - 1, "odd.low@example.com", "+1999", odd, 10_003),
+        row(odd + 1, "odd.tie2@example.com", "+1998", odd, 10_002),
+        row(odd + 2, "odd.tie1@example.com", "+1997", odd, 10_002),
+        row(odd + 3, "odd.first@example.com", "+1999", odd, 10_001),
       );
       await insertRows(before, rows);
     } finally {
