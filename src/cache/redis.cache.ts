@@ -24,46 +24,55 @@ export interface CacheEvents {
   readonly onWarning?: (message: string) => void;
 }
 
-// KEYS: the two index keys (the same key twice for a one-identifier request).
-// ARGV: prefix, a fresh generation token, the generation TTL in seconds.
-// Returns nil (nothing indexed, or a lead short of a live customer), {digest, entry} on an
-// entry, {digest, "", generation} on a miss with a ticket, {"", entries...} when the identifiers
-// do not name one customer (the lead). The customer keys are derived from the index values
-// inside the script.
+// The lookups of one turn of the event loop, in one script (see `lookup`). KEYS: each lookup's
+// two index keys (the same key twice for a one-identifier request). ARGV: prefix, a token unique
+// to the call (a lookup's own generation token is it plus ":n"), the generation TTL in seconds.
+// Returns one result per lookup, in order: false (nothing indexed, or a lead short of a live
+// customer), {digest, entry} on an entry, {digest, "", generation} on a miss with a ticket,
+// {"", entries...} when the identifiers do not name one customer (the lead). The customer keys
+// are derived from the index values inside the script.
 const LOOKUP_SCRIPT = `
-local digest = redis.call('GET', KEYS[1])
-local other = digest
-if KEYS[2] ~= KEYS[1] then other = redis.call('GET', KEYS[2]) end
-if not digest and not other then return nil end
-if digest ~= other then
-  -- Not one customer for every identifier: a miss without a ticket, with the entries of the
-  -- customers the index names, for the caller's lead. Only if each is a live customer: one gone,
-  -- merged away (a tombstone) or owed (a floor marker) would leave the lead short of a customer
-  -- the request reaches, which the transaction would then lock out of order.
-  local found = {''}
-  for _, named in ipairs({digest or '', other or ''}) do
-    if named ~= '' then
-      local entry = redis.call('GET', ARGV[1] .. named)
-      if not entry or string.find(entry, '"demoted"', 1, true)
-          or string.find(entry, '"floor"', 1, true) then
-        return nil
+local function lookup(key1, key2, prefix, token, generationTtl)
+  local digest = redis.call('GET', key1)
+  local other = digest
+  if key2 ~= key1 then other = redis.call('GET', key2) end
+  if not digest and not other then return false end
+  if digest ~= other then
+    -- Not one customer for every identifier: a miss without a ticket, with the entries of the
+    -- customers the index names, for the caller's lead. Only if each is a live customer: one
+    -- gone, merged away (a tombstone) or owed (a floor marker) would leave the lead short of a
+    -- customer the request reaches, which the transaction would then lock out of order.
+    local found = {''}
+    for _, named in ipairs({digest or '', other or ''}) do
+      if named ~= '' then
+        local entry = redis.call('GET', prefix .. named)
+        if not entry or string.find(entry, '"demoted"', 1, true)
+            or string.find(entry, '"floor"', 1, true) then
+          return false
+        end
+        found[#found + 1] = entry
       end
-      found[#found + 1] = entry
     end
+    return found
   end
-  return found
+  local entry = redis.call('GET', prefix .. digest)
+  -- A floor marker ({"floor":n}, left by a writer whose publication failed) is no answer: a miss
+  -- with a ticket, whose fill must bring version n or newer. No customer JSON contains '"floor"'.
+  if entry and not string.find(entry, '"floor"', 1, true) then return {digest, entry} end
+  local generationKey = prefix .. 'gen:' .. digest
+  local generation = redis.call('GET', generationKey)
+  if not generation then
+    redis.call('SET', generationKey, token, 'EX', generationTtl)
+    generation = token
+  end
+  return {digest, '', generation}
 end
-local entry = redis.call('GET', ARGV[1] .. digest)
--- A floor marker ({"floor":n}, left by a writer whose publication failed) is no answer: a miss
--- with a ticket, whose fill must bring version n or newer. No customer JSON contains '"floor"'.
-if entry and not string.find(entry, '"floor"', 1, true) then return {digest, entry} end
-local generationKey = ARGV[1] .. 'gen:' .. digest
-local generation = redis.call('GET', generationKey)
-if not generation then
-  redis.call('SET', generationKey, ARGV[2], 'EX', ARGV[3])
-  generation = ARGV[2]
+local results = {}
+for i = 1, #KEYS, 2 do
+  local n = #results + 1
+  results[n] = lookup(KEYS[i], KEYS[i + 1], ARGV[1], ARGV[2] .. ':' .. n, ARGV[3])
 end
-return {digest, '', generation}
+return results
 `;
 
 const TOMBSTONE = '{"demoted":true}';
@@ -158,15 +167,23 @@ end
 return 1
 `;
 
+/** One lookup's result: [digest, entry, generation?], or ['', ...entries] (the lead's). */
+type LookupResult = [string, ...string[]];
+
+/** A lookup waiting for the end of its turn of the event loop (see `lookup`). */
+interface QueuedLookup {
+  readonly request: IdentifyRequest;
+  /** The namespace its index keys are under. */
+  readonly ns: string;
+  readonly keys: readonly [string, string];
+  readonly resolve: (lookup: CacheLookup) => void;
+}
+
 interface ScriptedRedis {
   identityLookup(
-    indexKey1: string,
-    indexKey2: string,
-    prefix: string,
-    token: string,
-    generationTtl: number,
-    // [digest, entry, generation?], or ['', ...entries] when the index names no single customer.
-  ): Promise<[string, ...string[]] | null>;
+    keyCount: number,
+    ...keysAndArgs: (string | number)[]
+  ): Promise<(LookupResult | null)[]>;
   identityFill(
     keyCount: number,
     ...keysAndArgs: (string | number)[]
@@ -223,6 +240,11 @@ export class RedisCustomerCache implements CustomerCache {
    */
   private namespace: string | null = null;
   private readonly namespaceLearned = new EventEmitter();
+  /** This turn's lookups, sent together at its end. */
+  private queued: QueuedLookup[] = [];
+  /** Generation tokens are this process's random id and a counter: unique, and cheap to make. */
+  private readonly instance = randomUUID();
+  private tokens = 0;
 
   constructor(
     private readonly options: RedisCacheOptions,
@@ -230,10 +252,13 @@ export class RedisCustomerCache implements CustomerCache {
   ) {
     this.redis = new Redis(options.url, {
       ...acceleratorRedisOptions(options.timeoutMs),
+      // A turn's lookups are one script already, sent at the end of the turn (see `lookup`):
+      // written at once, not deferred to the next turn by the auto-pipeline.
+      autoPipeliningIgnoredCommands: ["identityLookup"],
       connectTimeout: Math.max(options.timeoutMs * 10, 500),
       lazyConnect: false,
     });
-    this.redis.defineCommand("identityLookup", { numberOfKeys: 2, lua: LOOKUP_SCRIPT });
+    this.redis.defineCommand("identityLookup", { lua: LOOKUP_SCRIPT });
     this.redis.defineCommand("identityFill", { lua: FILL_SCRIPT });
     this.redis.defineCommand("identityPublish", { lua: PUBLISH_SCRIPT });
     this.redis.defineCommand("identityHint", { lua: HINT_SCRIPT });
@@ -336,49 +361,97 @@ export class RedisCustomerCache implements CustomerCache {
     return this.options.ttlSeconds * 2;
   }
 
-  async lookup(request: IdentifyRequest): Promise<CacheLookup> {
+  /**
+   * The lookups made in one turn of the event loop (the turn's requests) go to Redis together at
+   * its end, as one script: one command for Redis to run and for ioredis to build and parse,
+   * where each lookup was one (README, Speed decisions).
+   */
+  lookup(request: IdentifyRequest): Promise<CacheLookup> {
     const ns = this.namespace;
     if (this.pending.size > 0 || ns === null) {
       this.counters.misses++;
-      return MISS;
+      return Promise.resolve(MISS);
     }
+    return new Promise((resolve) => {
+      if (this.queued.length === 0) {
+        setImmediate(() => void this.runLookups());
+      }
+      this.queued.push({ request, ns, keys: this.indexKeys(ns, request), resolve });
+    });
+  }
+
+  /**
+   * Runs the queued lookups in one script. Those queued under another namespace than the current
+   * one (Redis reconnected meanwhile), or while a publication is owed, miss without asking.
+   */
+  private async runLookups(): Promise<void> {
+    const queued = this.queued;
+    this.queued = [];
+    const ns = this.namespace;
+    const asked: QueuedLookup[] = [];
+    for (const lookup of queued) {
+      if (lookup.ns === ns && this.pending.size === 0) {
+        asked.push(lookup);
+      } else {
+        this.counters.misses++;
+        lookup.resolve(MISS);
+      }
+    }
+    if (asked.length === 0 || ns === null) {
+      return;
+    }
+    let results: (LookupResult | null)[];
     try {
-      const [index1, index2] = this.indexKeys(ns, request);
-      const result = await this.scripted.identityLookup(
-        index1,
-        index2,
+      const keys = asked.flatMap((lookup) => lookup.keys);
+      results = await this.scripted.identityLookup(
+        keys.length,
+        ...keys,
         ns,
-        randomUUID(),
+        this.nextToken(),
         this.generationTtl,
       );
       this.markAvailable();
-      if (result === null) {
-        this.counters.misses++;
-        return MISS;
-      }
-      const [digest, ...rest] = result;
-      if (digest === "") {
-        this.counters.misses++;
-        const named = rest.map((found) => JSON.parse(found) as Customer);
-        return { ...MISS, lead: leadOf(named, request) };
-      }
-      const [entry = "", generation] = rest;
-      if (entry !== "") {
-        const parsed = JSON.parse(entry) as Customer | { demoted: true };
-        if ("primaryContactId" in parsed && customerHolds(parsed, request)) {
-          this.counters.hits++;
-          return { customer: parsed, ticket: null, lead: [], epoch: 0 };
-        }
-        this.counters.misses++;
-        return MISS;
-      }
-      this.counters.misses++;
-      return generation === undefined ? MISS : { ...MISS, ticket: { digest, generation } };
     } catch (error) {
-      this.failed(error);
+      this.failed(error, asked.length);
+      this.counters.misses += asked.length;
+      for (const lookup of asked) {
+        lookup.resolve(MISS);
+      }
+      return;
+    }
+    asked.forEach((lookup, i) => {
+      lookup.resolve(this.found(lookup.request, results[i] ?? null));
+    });
+  }
+
+  /** A lookup's answer from its script result. */
+  private found(request: IdentifyRequest, result: LookupResult | null): CacheLookup {
+    if (result === null) {
       this.counters.misses++;
       return MISS;
     }
+    const [digest, ...rest] = result;
+    if (digest === "") {
+      this.counters.misses++;
+      const named = rest.map((found) => JSON.parse(found) as Customer);
+      return { ...MISS, lead: leadOf(named, request) };
+    }
+    const [entry = "", generation] = rest;
+    if (entry !== "") {
+      const parsed = JSON.parse(entry) as Customer | { demoted: true };
+      if ("primaryContactId" in parsed && customerHolds(parsed, request)) {
+        this.counters.hits++;
+        return { customer: parsed, ticket: null, lead: [], epoch: 0 };
+      }
+      this.counters.misses++;
+      return MISS;
+    }
+    this.counters.misses++;
+    return generation === undefined ? MISS : { ...MISS, ticket: { digest, generation } };
+  }
+
+  private nextToken(): string {
+    return `${this.instance}:${++this.tokens}`;
   }
 
   async fill(ticket: FillTicket, customer: Customer, request: IdentifyRequest): Promise<void> {
@@ -404,7 +477,7 @@ export class RedisCustomerCache implements CustomerCache {
         digest,
         this.generationTtl,
         versionOf(customer),
-        randomUUID(),
+        this.nextToken(),
         TOMBSTONE,
       );
       this.counters.repairs += repairs;
@@ -438,7 +511,7 @@ export class RedisCustomerCache implements CustomerCache {
         JSON.stringify(customer),
         versionOf(customer),
         this.generationTtl,
-        randomUUID(),
+        this.nextToken(),
         TOMBSTONE,
       );
     } catch (error) {
@@ -477,7 +550,7 @@ export class RedisCustomerCache implements CustomerCache {
           digest,
           this.generationTtl,
           version,
-          randomUUID(),
+          this.nextToken(),
           TOMBSTONE,
         );
         this.counters.publications += 1 + demotedPrimaryIds.length;
@@ -551,7 +624,7 @@ export class RedisCustomerCache implements CustomerCache {
         debt.kind === "floor" ? debt.version : 0,
         this.options.ttlSeconds,
         this.generationTtl,
-        randomUUID(),
+        this.nextToken(),
       );
     }
     const results = await pipeline.exec();
@@ -593,8 +666,9 @@ export class RedisCustomerCache implements CustomerCache {
     this.retryTimer.unref();
   }
 
-  private failed(error: unknown): void {
-    this.counters.errors++;
+  /** `operations`: how many the failure stands for (a turn's lookups are one script). */
+  private failed(error: unknown, operations = 1): void {
+    this.counters.errors += operations;
     this.markUnavailable(error instanceof Error ? error.message : String(error));
   }
 

@@ -379,6 +379,70 @@ if (redisUrl !== null) {
       }
     });
 
+    it("sends the lookups of one turn of the event loop as one script, each answered as if alone", async () => {
+      const prefix = uniquePrefix();
+      prefixes.push(prefix);
+      const cache = new RedisCustomerCache({
+        url: redisUrl,
+        prefix,
+        ttlSeconds: 60,
+        timeoutMs: 500,
+      });
+      const monitor = await new Redis(redisUrl).monitor();
+      try {
+        assert.ok(await cache.waitUntilReady(5000));
+        // Two cached customers (hits), one only indexed (a ticket), one unknown (a plain miss),
+        // and a request naming both cached customers (a lead).
+        const [a, b, indexed, unknown] = [1, 2, 3, 4].map(() => freshCustomer());
+        assert.ok(a && b && indexed && unknown);
+        for (const { request, customer } of [a, b]) {
+          await cache.publish(customer, [], request);
+        }
+        await cache.hint(indexed.request, indexed.customer);
+        const requests: IdentifyRequest[] = [
+          a.request,
+          { email: b.request.email, phoneNumber: null },
+          indexed.request,
+          unknown.request,
+          { email: a.request.email, phoneNumber: b.request.phoneNumber },
+        ];
+        // The lookup scripts: the only ones whose first argument after the keys is the namespace.
+        const scripts: string[] = [];
+        monitor.on("monitor", (_time: string, args: string[]) => {
+          const command = args[0]?.toLowerCase();
+          const keyCount = Number(args[2]);
+          if (
+            (command === "evalsha" || command === "eval") &&
+            args[3 + keyCount]?.startsWith(prefix)
+          ) {
+            scripts.push(String(keyCount));
+          }
+        });
+
+        const together = await Promise.all(requests.map((request) => cache.lookup(request)));
+        const alone = [];
+        for (const request of requests) {
+          alone.push(await cache.lookup(request));
+        }
+        await sleep(200);
+
+        assert.deepEqual(together, alone);
+        assert.deepEqual(together[0]?.customer, a.customer);
+        assert.deepEqual(together[1]?.customer, b.customer);
+        assert.ok(together[2]?.ticket);
+        assert.deepEqual(together[3], MISS);
+        assert.deepEqual(together[4]?.lead, [
+          a.customer.primaryContactId,
+          b.customer.primaryContactId,
+        ]);
+        // One script for the five lookups of one turn (ten index keys), then one per lookup.
+        assert.deepEqual(scripts, ["10", "2", "2", "2", "2", "2"]);
+      } finally {
+        monitor.disconnect();
+        await cache.close();
+      }
+    });
+
     /** A writer and another instance on a Redis of the test's own, and a customer at v6 and v7. */
     async function withTwoInstances(
       test: (setup: {
