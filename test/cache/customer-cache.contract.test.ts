@@ -388,7 +388,8 @@ if (redisUrl !== null) {
         ttlSeconds: 60,
         timeoutMs: 500,
       });
-      const monitor = await new Redis(redisUrl).monitor();
+      const client = new Redis(redisUrl);
+      const monitor = await client.monitor();
       try {
         assert.ok(await cache.waitUntilReady(5000));
         // Two cached customers (hits), one only indexed (a ticket), one unknown (a plain miss),
@@ -439,6 +440,7 @@ if (redisUrl !== null) {
         assert.deepEqual(scripts, ["10", "2", "2", "2", "2", "2"]);
       } finally {
         monitor.disconnect();
+        client.disconnect();
         await cache.close();
       }
     });
