@@ -420,7 +420,14 @@ export class RedisCustomerCache implements CustomerCache {
       return;
     }
     asked.forEach((lookup, i) => {
-      lookup.resolve(this.found(lookup.request, results[i] ?? null));
+      try {
+        lookup.resolve(this.found(lookup.request, results[i] ?? null));
+      } catch (error) {
+        // An entry that is not JSON: this lookup misses; the others of the turn are answered.
+        this.failed(error);
+        this.counters.misses++;
+        lookup.resolve(MISS);
+      }
     });
   }
 

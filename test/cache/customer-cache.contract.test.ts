@@ -438,6 +438,24 @@ if (redisUrl !== null) {
         ]);
         // One script for the five lookups of one turn (ten index keys), then one per lookup.
         assert.deepEqual(scripts, ["10", "2", "2", "2", "2", "2"]);
+
+        // An entry that is not JSON fails its own lookup only: the turn's others are answered.
+        const info = await client.info();
+        const ids = ["run_id", "master_replid"].map(
+          (id) => new RegExp(`^${id}:([0-9a-f]{12})`, "m").exec(info)?.[1],
+        );
+        await client.set(
+          `${prefix}${ids.join("")}:${customerDigest(a.customer.primaryContactId)}`,
+          "{",
+        );
+        const errors = cache.stats().errors;
+        const [broken, fine] = await Promise.all([
+          cache.lookup(a.request),
+          cache.lookup(b.request),
+        ]);
+        assert.deepEqual(broken, MISS);
+        assert.deepEqual(fine?.customer, b.customer);
+        assert.equal(cache.stats().errors, errors + 1);
       } finally {
         monitor.disconnect();
         client.disconnect();
