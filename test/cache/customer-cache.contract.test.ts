@@ -454,7 +454,7 @@ if (redisUrl !== null) {
           cache.lookup(b.request),
         ]);
         assert.deepEqual(broken, MISS);
-        assert.deepEqual(fine?.customer, b.customer);
+        assert.deepEqual(fine.customer, b.customer);
         assert.equal(cache.stats().errors, errors + 1);
       } finally {
         monitor.disconnect();
