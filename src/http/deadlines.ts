@@ -33,7 +33,6 @@ interface InFlight {
 export class Deadlines {
   private head: InFlight | null = null;
   private tail: InFlight | null = null;
-  private count = 0;
   private timer: NodeJS.Timeout | null = null;
   private readonly sweepMs: number;
 
@@ -53,9 +52,13 @@ export class Deadlines {
     return this.timer !== null;
   }
 
-  /** The requests in flight. */
+  /** The requests in flight (counted along the list: for tests and diagnostics). */
   get size(): number {
-    return this.count;
+    let count = 0;
+    for (let entry = this.head; entry !== null; entry = entry.next) {
+      count++;
+    }
+    return count;
   }
 
   within<T>(work: Promise<T>): Promise<T> {
@@ -72,7 +75,6 @@ export class Deadlines {
         this.tail.next = entry;
       }
       this.tail = entry;
-      this.count++;
       this.timer ??= setInterval(() => {
         this.sweep();
       }, this.sweepMs).unref();
@@ -100,7 +102,6 @@ export class Deadlines {
     }
     entry.prev = null;
     entry.next = null;
-    this.count--;
   }
 
   private sweep(): void {
@@ -111,7 +112,7 @@ export class Deadlines {
       this.unlink(entry);
       entry.reject(new HandlerTimeoutError(this.timeoutMs));
     }
-    if (this.count === 0 && this.timer !== null) {
+    if (this.head === null && this.timer !== null) {
       clearInterval(this.timer);
       this.timer = null;
     }
