@@ -3,6 +3,7 @@ import { EventEmitter } from "node:events";
 import { Redis } from "ioredis";
 import type { RedisOptions } from "ioredis";
 import type { Customer, IdentifyRequest } from "../domain/contact.js";
+import { endOfTurn } from "../end-of-turn.js";
 import { customerHolds, identifierDigest, identifierKeys } from "../domain/contact.js";
 import { customerDigest, emptyStats, leadOf, MISS, versionOf } from "./customer-cache.js";
 import type { CacheLookup, CacheStats, CustomerCache, FillTicket } from "./customer-cache.js";
@@ -374,7 +375,7 @@ export class RedisCustomerCache implements CustomerCache {
     }
     return new Promise((resolve) => {
       if (this.queued.length === 0) {
-        setImmediate(() => void this.runLookups());
+        void endOfTurn().then(() => this.runLookups());
       }
       this.queued.push({ request, ns, keys: this.indexKeys(ns, request), resolve });
     });

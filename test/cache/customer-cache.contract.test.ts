@@ -64,6 +64,18 @@ after(async () => {
   }
 });
 
+/**
+ * Where the cache's keys live on `redis`: the prefix, then the first 12 hex digits of this Redis's
+ * run id and replication id (worked out here apart from the cache's own code, which it checks).
+ */
+async function keyNamespace(redis: Redis, prefix: string): Promise<string> {
+  const info = await redis.info();
+  const runId = /^run_id:([0-9a-f]{12})/m.exec(info)?.[1];
+  const replicationId = /^master_replid:([0-9a-f]{12})/m.exec(info)?.[1];
+  assert.ok(runId && replicationId);
+  return `${prefix}${runId}${replicationId}:`;
+}
+
 // Publications below pass MISS as the lookup they follow: epoch 0, no cache here ever empties
 // itself (test/cache/memory-cache.test.ts has those that do).
 
@@ -357,12 +369,7 @@ if (redisUrl !== null) {
         await cache.fill(ticket, customer, request);
 
         const digest = createHash("sha256").update(String(customer.primaryContactId)).digest("hex");
-        // The prefix, then the first 12 hex digits of this Redis's run id and replication id.
-        const info = await redis.info();
-        const runId = /^run_id:([0-9a-f]{12})/m.exec(info)?.[1];
-        const replicationId = /^master_replid:([0-9a-f]{12})/m.exec(info)?.[1];
-        assert.ok(runId && replicationId);
-        const key = `${prefix}${runId}${replicationId}:${digest}`;
+        const key = `${await keyNamespace(redis, prefix)}${digest}`;
         const stored = await redis.get(key);
         assert.ok(stored);
         assert.deepEqual(JSON.parse(stored), customer);
@@ -390,7 +397,7 @@ if (redisUrl !== null) {
         timeoutMs: 500,
       });
       const client = new Redis(own.url);
-      /** Lookup script calls (keys in all) since the last reset of Redis's command counts. */
+      /** Script calls since the last reset of Redis's command counts. */
       const scriptCalls = async (): Promise<number> => {
         const stats = await client.info("commandstats");
         return [...stats.matchAll(/^cmdstat_eval(?:sha)?:calls=(\d+)/gm)].reduce(
@@ -442,12 +449,8 @@ if (redisUrl !== null) {
         assert.equal(callsAlone, 5);
 
         // An entry that is not JSON fails its own lookup only: the turn's others are answered.
-        const info = await client.info();
-        const ids = ["run_id", "master_replid"].map(
-          (id) => new RegExp(`^${id}:([0-9a-f]{12})`, "m").exec(info)?.[1],
-        );
         await client.set(
-          `${prefix}${ids.join("")}:${customerDigest(a.customer.primaryContactId)}`,
+          `${await keyNamespace(client, prefix)}${customerDigest(a.customer.primaryContactId)}`,
           "{",
         );
         const errors = cache.stats().errors;
