@@ -135,8 +135,11 @@ interface Statements {
       createdAt: Time,
     ]
   >;
-  /** Two identifier locks (PostgreSQL: advisory keys; MySQL: lock names). */
-  readonly lockIdentifiers: FixedStatement<[first: string, second: string]>;
+  /**
+   * PostgreSQL only (null elsewhere): two identifier locks (advisory keys). MySQL/MariaDB take
+   * theirs in `identity_begin` (BEGIN_LOCKED).
+   */
+  readonly lockIdentifiers: FixedStatement<[first: string, second: string]> | null;
   /** SQLite only (null elsewhere): the customers a request matches, and the first one's answer. */
   readonly findAnswer: FixedStatement<[email: string | null, phoneNumber: string | null]> | null;
   /** SQLite only (null elsewhere): keeps a customer's answer. */
@@ -155,8 +158,7 @@ interface AnswerRow {
   readonly answer: string | null;
 }
 
-/** `lockTimeout`: seconds a MySQL/MariaDB named lock is waited for (a constant parameter). */
-function compileStatements(db: Kysely<DB>, dialect: DialectName, lockTimeout: number): Statements {
+function compileStatements(db: Kysely<DB>, dialect: DialectName): Statements {
   const columns = [
     "Contact.id",
     "Contact.email",
@@ -227,16 +229,15 @@ function compileStatements(db: Kysely<DB>, dialect: DialectName, lockTimeout: nu
     },
   );
   // Always two locks, so that the statement text never depends on the request. Taking the same
-  // lock twice is re-entrant in both databases.
-  const lockIdentifiers = FixedStatement.compile(2, (first: string, second: string) =>
+  // lock twice is re-entrant (in MySQL/MariaDB's identity_begin too).
+  const lockIdentifiers =
     dialect === "postgres"
-      ? sql`select pg_advisory_xact_lock(${first}::bigint), pg_advisory_xact_lock(${second}::bigint)`.compile(
-          db,
+      ? FixedStatement.compile(2, (first: string, second: string) =>
+          sql`select pg_advisory_xact_lock(${first}::bigint), pg_advisory_xact_lock(${second}::bigint)`.compile(
+            db,
+          ),
         )
-      : sql`select get_lock(${first}, ${lockTimeout}) as a, get_lock(${second}, ${lockTimeout}) as b`.compile(
-          db,
-        ),
-  );
+      : null;
   const logMerge = FixedStatement.compile(
     6,
     (...[winnerId, mergedId, kind, email, phoneNumber, createdAt]: MergeLogValues) =>
@@ -321,6 +322,16 @@ const BEGIN = CompiledQuery.raw("begin");
 const COMMIT = CompiledQuery.raw("commit");
 const ROLLBACK = CompiledQuery.raw("rollback");
 const RELEASE_LOCKS = CompiledQuery.raw("select release_all_locks()");
+/** MySQL/MariaDB: COMMIT and the release of the named locks, in one round trip (migration 0004). */
+const COMMIT_AND_RELEASE = CompiledQuery.raw("call identity_commit()");
+/** MySQL/MariaDB: BEGIN, the identifier locks and up to two customer locks (migration 0004). */
+const BEGIN_LOCKED = FixedStatement.compile(
+  5,
+  (...args: [string, string, number, number | null, number | null]) =>
+    CompiledQuery.raw("call identity_begin(?, ?, ?, ?, ?)", args),
+);
+/** The customers `identity_begin` locks itself; any more are locked one statement each. */
+const BEGIN_LOCKED_CUSTOMERS = 2;
 
 type Result = Awaited<ReturnType<Send>>;
 
@@ -377,16 +388,33 @@ class StatementQueue {
 class SqlContactTransaction implements ContactTransaction {
   private ended = false;
 
+  /**
+   * `begin`, when set (MySQL/MariaDB), starts the transaction on first use: it sends BEGIN and the
+   * locks of the customers it is given that it can take in the same round trip, and returns the
+   * customers still to lock. Elsewhere the transaction has begun already.
+   */
   constructor(
     private readonly statements: Statements,
     private readonly queue: StatementQueue,
     private readonly dialect: DialectName,
+    private begin: ((primaryIds: readonly number[]) => readonly number[]) | null = null,
   ) {}
 
+  /** Sends the deferred BEGIN (MySQL/MariaDB), if not yet sent; the customers left to lock. */
+  private begun(primaryIds: readonly number[]): readonly number[] {
+    const { begin } = this;
+    if (begin === null) {
+      return primaryIds;
+    }
+    this.begin = null;
+    return begin(primaryIds);
+  }
+
   async lockAndFind(primaryIds: readonly number[], request: IdentifyRequest): Promise<Contact[]> {
+    const toLock = this.begun(primaryIds);
     // SQLite: BEGIN IMMEDIATE already holds the only write lock there is.
     if (this.locksCustomers) {
-      for (const id of primaryIds) {
+      for (const id of toLock) {
         void this.queue.run(this.statements.lockCustomer.bind([id]), "locking a customer");
       }
     }
@@ -412,6 +440,7 @@ class SqlContactTransaction implements ContactTransaction {
 
   /** Sends the plan's writes and, on the servers, COMMIT behind them. */
   async commit(plan: ReconcilePlan, now: number, request: IdentifyRequest): Promise<Customer> {
+    this.begun([]);
     const { winnerId, insert } = plan;
     const updatedAt = this.time(now);
     const doing = "writing a plan";
@@ -452,7 +481,8 @@ class SqlContactTransaction implements ContactTransaction {
     const { keepAnswer } = this.statements;
     // The servers: COMMIT goes out behind the writes. SQLite: the session's batch commits once
     // every write of its transactions has run.
-    const last = keepAnswer === null ? this.queue.run(COMMIT, "committing") : null;
+    const last =
+      keepAnswer === null ? this.queue.run(commitStatement(this.dialect), "committing") : null;
     let added: Contact | null = null;
     if (insert !== null && inserted !== null) {
       const result = await inserted;
@@ -498,11 +528,7 @@ export class SqlContactStore implements ContactStore {
     private readonly retry: RetryPolicy = DEFAULT_RETRY_POLICY,
     private readonly hooks: ContactStoreHooks = {},
   ) {
-    this.statements = compileStatements(
-      database.db,
-      database.dialect,
-      lockTimeoutSeconds(database.options),
-    );
+    this.statements = compileStatements(database.db, database.dialect);
   }
 
   async findCustomers(request: IdentifyRequest): Promise<Contact[]> {
@@ -625,52 +651,82 @@ export class SqlContactStore implements ContactStore {
   ): Promise<T> {
     const { dialect } = this.database;
     const queue = new StatementQueue(send, pipelined);
-    void queue.run(BEGIN, "beginning a transaction");
-    this.lockIdentifiers(queue, digests);
-    const tx = new SqlContactTransaction(this.statements, queue, dialect);
+    let tx: SqlContactTransaction;
+    if (dialect === "mysql") {
+      // BEGIN, the identifier locks and the first customers' locks go out as one CALL, made
+      // when the work names its first customers (lockAndFind).
+      tx = new SqlContactTransaction(this.statements, queue, dialect, (primaryIds) =>
+        this.beginLocked(queue, digests, primaryIds),
+      );
+    } else {
+      void queue.run(BEGIN, "beginning a transaction");
+      this.lockIdentifiers(queue, digests);
+      tx = new SqlContactTransaction(this.statements, queue, dialect);
+    }
     try {
       const result = await work(tx);
       if (!tx.committed) {
-        await queue.run(COMMIT, "committing");
+        await queue.run(commitStatement(dialect), "committing");
       }
       return result;
     } catch (error) {
       // Past the queue, which sends nothing after a failure.
       await send(ROLLBACK).catch(() => undefined);
-      throw error;
-    } finally {
       if (dialect === "mysql") {
-        // Named locks belong to the session, not the transaction: release them after COMMIT.
+        // Named locks belong to the session, not the transaction: identity_commit releases
+        // them after COMMIT, and this after a failure.
         await send(RELEASE_LOCKS).catch(() => undefined);
       }
+      throw error;
     }
   }
 
-  private lockIdentifiers(queue: StatementQueue, digests: readonly string[]): void {
-    const { dialect } = this.database;
-    if (digests.length === 0) {
-      return;
-    }
+  /** The two identifier lock keys: PostgreSQL's advisory keys, MySQL's lock names. */
+  private lockKeys(digests: readonly string[]): [string, string] {
     const first = digests[0] ?? "";
     const second = digests[1] ?? first;
     const lockKey =
-      dialect === "postgres"
+      this.database.dialect === "postgres"
         ? (digest: string) => BigInt.asIntN(64, BigInt(`0x${digest.slice(0, 16)}`)).toString()
         : (digest: string) => `identity:${digest.slice(0, 48)}`;
-    // MySQL's GET_LOCK answers 0, not an error, when it times out.
-    const check =
-      dialect === "mysql"
-        ? (result: Result) => {
-            const row = result.rows[0] as { a: number | null; b: number | null } | undefined;
-            if (row?.a !== 1 || row.b !== 1) {
-              throw new LockTimeoutError();
-            }
-          }
-        : undefined;
-    void queue.run(
-      this.statements.lockIdentifiers.bind([lockKey(first), lockKey(second)]),
-      "locking identifiers",
-      check,
-    );
+    return [lockKey(first), lockKey(second)];
   }
+
+  private lockIdentifiers(queue: StatementQueue, digests: readonly string[]): void {
+    const { lockIdentifiers } = this.statements;
+    if (digests.length === 0 || lockIdentifiers === null) {
+      return;
+    }
+    void queue.run(lockIdentifiers.bind(this.lockKeys(digests)), "locking identifiers");
+  }
+
+  /**
+   * MySQL/MariaDB: BEGIN, the identifier locks and the locks of the first customers, in one CALL
+   * of `identity_begin`. Returns the customers still to lock.
+   */
+  private beginLocked(
+    queue: StatementQueue,
+    digests: readonly string[],
+    primaryIds: readonly number[],
+  ): readonly number[] {
+    const [first, second] = this.lockKeys(digests);
+    const wait = lockTimeoutSeconds(this.database.options);
+    void queue.run(
+      BEGIN_LOCKED.bind([first, second, wait, primaryIds[0] ?? null, primaryIds[1] ?? null]),
+      "locking identifiers",
+      (result) => {
+        // GET_LOCK answers 0, not an error, when it times out: the CALL then answers locked 0.
+        const [set] = result.rows as [{ locked?: number }[] | undefined];
+        if (set?.[0]?.locked !== 1) {
+          throw new LockTimeoutError();
+        }
+      },
+    );
+    return primaryIds.slice(BEGIN_LOCKED_CUSTOMERS);
+  }
+}
+
+/** The servers' COMMIT: on MySQL/MariaDB with the release of the named locks. */
+function commitStatement(dialect: DialectName): CompiledQuery {
+  return dialect === "mysql" ? COMMIT_AND_RELEASE : COMMIT;
 }

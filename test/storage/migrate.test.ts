@@ -1,12 +1,15 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { sql } from "kysely";
+import { NoCache } from "../../src/cache/customer-cache.js";
+import { IdentifyService } from "../../src/service/identify.service.js";
 import { SqlContactStore } from "../../src/storage/contact.store.js";
 import { openDatabase } from "../../src/storage/database.js";
 import type { Database } from "../../src/storage/database.js";
 import { migrateToLatest } from "../../src/storage/migrate.js";
 import { createContact } from "../../src/storage/migrations/0001-create-contact.js";
 import { createContactMerge } from "../../src/storage/migrations/0002-create-contact-merge.js";
+import { createMysqlProcedures } from "../../src/storage/migrations/0004-create-mysql-procedures.js";
 import { createTestDatabase, databaseForSuite, dialectsUnderTest } from "../support/databases.js";
 import { runMigrate } from "../support/server.js";
 import type { TestDatabase } from "../support/databases.js";
@@ -40,7 +43,7 @@ for (const dialect of dialectsUnderTest()) {
       );
       const outputs = runs.map((run) => run.stdout.trim().replace(/^.*: /, "")).sort();
       assert.deepEqual(outputs, [
-        "applied 0001-create-contact, 0002-create-contact-merge, 0003-create-customer-answer",
+        "applied 0001-create-contact, 0002-create-contact-merge, 0003-create-customer-answer, 0004-create-mysql-procedures",
         "schema is up to date",
         "schema is up to date",
       ]);
@@ -190,6 +193,7 @@ if (dialectsUnderTest().includes("mysql")) {
         "0001-create-contact",
         "0002-create-contact-merge",
         "0003-create-customer-answer",
+        "0004-create-mysql-procedures",
       ]);
       assert.deepEqual(await schemaObjects(), complete);
       assert.deepEqual(complete, [
@@ -212,6 +216,7 @@ if (dialectsUnderTest().includes("mysql")) {
           "0001-create-contact",
           "0002-create-contact-merge",
           "0003-create-customer-answer",
+          "0004-create-mysql-procedures",
         ]);
         assert.deepEqual(await schemaObjects(resumed, "ContactMerge"), [
           "ContactMerge_check",
@@ -219,6 +224,36 @@ if (dialectsUnderTest().includes("mysql")) {
           "ContactMerge_winnerId_idx",
           "PRIMARY",
         ]);
+      });
+    });
+
+    it("finishes an interrupted procedures migration (0004) too", async () => {
+      await withOtherDatabase(async (resumed) => {
+        await createContact("mysql").up(resumed.db);
+        await createContactMerge("mysql").up(resumed.db);
+        // A run stopped after its first CREATE PROCEDURE: each DDL statement commits on its own.
+        await createMysqlProcedures("mysql").up(resumed.db);
+        await sql`drop procedure identity_commit`.execute(resumed.db);
+        assert.deepEqual(await migrateToLatest(resumed), [
+          "0001-create-contact",
+          "0002-create-contact-merge",
+          "0003-create-customer-answer",
+          "0004-create-mysql-procedures",
+        ]);
+        const procedures = await sql<{ name: string }>`
+          select routine_name as name from information_schema.routines
+          where routine_schema = database() order by routine_name`.execute(resumed.db);
+        assert.deepEqual(
+          procedures.rows.map((row) => row.name),
+          ["identity_begin", "identity_commit"],
+        );
+        // And a write transaction runs through them.
+        const store = new SqlContactStore(resumed);
+        const answer = await new IdentifyService(store, new NoCache()).identify({
+          email: "resumed@example.com",
+          phoneNumber: "+15550001234",
+        });
+        assert.deepEqual(answer.customer.emails, ["resumed@example.com"]);
       });
     });
 
