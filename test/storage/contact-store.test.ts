@@ -1,7 +1,10 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
+import { sql } from "kysely";
+import { identifierDigest, identifierKeys } from "../../src/domain/contact.js";
 import type { IdentifyRequest } from "../../src/domain/contact.js";
+import { planIdentify } from "../../src/domain/reconcile.js";
 import type { ReconcilePlan } from "../../src/domain/reconcile.js";
 import { IdentifyService } from "../../src/service/identify.service.js";
 import { NoCache } from "../../src/cache/customer-cache.js";
@@ -187,6 +190,41 @@ for (const dialect of serverDialectsUnderTest()) {
       ]);
       assert.equal(answers.length, 2);
     });
+
+    if (dialect === "mysql") {
+      it("leaves no named lock held after a commit or a failure (identity_commit; ROLLBACK)", async () => {
+        const { database } = suite;
+        const request: IdentifyRequest = { email: "freed@example.com", phoneNumber: "5550009999" };
+        // The lock names of the store (contact.store.ts, lockKeys), asked of another session.
+        const free = async (): Promise<number[]> => {
+          const names = identifierKeys(request).map(
+            (key) => `identity:${identifierDigest(key).slice(0, 48)}`,
+          );
+          const { rows } = await sql<{ free: number }>`
+            select is_free_lock(${names[0]}) as free union all
+            select is_free_lock(${names[1]})`.execute(database.db);
+          return rows.map((row) => row.free);
+        };
+        const store = new SqlContactStore(database, NO_RETRY);
+        let heldInside: number[] = [];
+        await store.withLockedTransaction(identifierKeys(request), async (tx) => {
+          const rows = await tx.lockAndFind([], request);
+          heldInside = await free();
+          const plan = planIdentify(request, rows, Date.now());
+          return tx.commit(plan, Date.now(), request);
+        });
+        assert.deepEqual(heldInside, [0, 0], "held while the transaction runs");
+        assert.deepEqual(await free(), [1, 1], "released by identity_commit");
+        await assert.rejects(
+          store.withLockedTransaction(identifierKeys(request), async (tx) => {
+            await tx.lockAndFind([], request);
+            throw new Error("the work fails");
+          }),
+          /the work fails/,
+        );
+        assert.deepEqual(await free(), [1, 1], "released after ROLLBACK");
+      });
+    }
 
     it("commits nothing of a plan whose last write fails", async () => {
       // The relink and the merge log succeed; the insert is longer than the column allows.
