@@ -6,8 +6,8 @@ import type { DialectName } from "../database.js";
  * MySQL/MariaDB only: two stored procedures that let a write transaction start and end in one
  * round trip each. mysql2 sends a statement only once the one before it is answered, so every
  * statement of a transaction was a round trip of its own: a new secondary made seven (BEGIN, the
- * identifier locks, the customer lock, the read, INSERT, COMMIT, RELEASE_ALL_LOCKS), three times
- * PostgreSQL's pipelined two (README, Concurrency design).
+ * identifier locks, the customer lock, the read, INSERT, COMMIT, RELEASE_ALL_LOCKS), against
+ * PostgreSQL's pipelined two (README, Concurrency design). With these it makes four.
  *
  * - `identity_begin(first_lock, second_lock, wait_seconds, first_customer, second_customer)`
  *   starts the transaction, takes the two named identifier locks (GET_LOCK, waiting up to
