@@ -231,6 +231,33 @@ for (const dialect of dialectsUnderTest()) {
     });
 
     if (dialect === "mysql") {
+      it("locks the customers past identity_begin's two with statements of their own, in order", async () => {
+        const service = new IdentifyService(new SqlContactStore(database), new NoCache());
+        const ids: number[] = [];
+        for (let i = 0; i < 3; i++) {
+          const { email, phone } = fresh();
+          const answer = await service.identify({ email, phoneNumber: phone });
+          ids.push(answer.customer.primaryContactId);
+        }
+        const { email, phone } = fresh();
+        const store = new SqlContactStore(database);
+        const sent = await record(() =>
+          store.withLockedTransaction([`email:${email}`], async (tx) => {
+            await tx.lockAndFind(ids, { email, phoneNumber: phone });
+          }),
+        );
+        assert.deepEqual(
+          sent.map((s) => s.sql.replace(/^(\w+)[\s\S]*?(for update)?$/i, "$1 $2").trim()),
+          ["call", "select for update", "with", "call"],
+        );
+        const [begin, third, , commit] = sent;
+        assert.ok(begin !== undefined && third !== undefined && commit !== undefined);
+        assert.equal(begin.sql, "call identity_begin(?, ?, ?, ?, ?)");
+        assert.deepEqual(begin.parameters.slice(3), [ids[0], ids[1]]);
+        assert.deepEqual(third.parameters, [ids[2]]);
+        assert.equal(commit.sql, "call identity_commit()");
+      });
+
       it("locks customers inside identity_begin (migration 0004) by primary key", async () => {
         // The CALL is not a statement EXPLAIN takes: its body's locking reads are checked here.
         const { rows } = await sql<{ body: string }>`
