@@ -248,7 +248,7 @@ for (const dialect of dialectsUnderTest()) {
         );
         assert.deepEqual(
           sent.map((s) => s.sql.replace(/^(\w+)[\s\S]*?(for update)?$/i, "$1 $2").trim()),
-          ["call", "select for update", "with", "call"],
+          ["call", "select for update", "select", "call"],
         );
         const [begin, third, , commit] = sent;
         assert.ok(begin !== undefined && third !== undefined && commit !== undefined);
@@ -377,7 +377,8 @@ function fullScan(dialect: DialectName): RegExp {
     case "postgres":
       return /"Node Type": "Seq Scan",[^}]*"Relation Name": "Contact"/;
     case "mysql":
-      return /"table":"Contact"[^}]*"type":"ALL"|"type":"ALL"[^}]*"table":"Contact"/;
+      // Any table but a derived one, by name or by alias (the customers read aliases Contact).
+      return /"table":"(?!<derived)[^"]*"[^}]*"type":"ALL"|"type":"ALL"[^}]*"table":"(?!<derived)/;
   }
 }
 
