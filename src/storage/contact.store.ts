@@ -230,9 +230,21 @@ function compileStatements(db: Kysely<DB>, dialect: DialectName): Statements {
           )
           .compile(),
   );
-  const lockCustomer = FixedStatement.compile(1, (id: number) =>
-    db.selectFrom("Contact").select("id").where("id", "=", id).forUpdate().compile(),
-  );
+  // Only a row that is still a primary: one merged away since it was seen (a stale cache lead, a
+  // late read) is the secondary of a customer whose holder relinks it, and holding it while
+  // waiting for that customer would deadlock. PostgreSQL skips a row that does not match without
+  // locking it. MariaDB keeps the lock of a row read by a `const` primary-key lookup even when the
+  // rest of the condition fails; a range releases it (READ COMMITTED), hence the two bounds.
+  const lockCustomer = FixedStatement.compile(1, (id: number) => {
+    const query = db.selectFrom("Contact").select("id").where("linkedId", "is", null);
+    return (
+      dialect === "mysql"
+        ? query.where("id", ">=", id).where("id", "<=", id)
+        : query.where("id", "=", id)
+    )
+      .forUpdate()
+      .compile();
+  });
   const promote = FixedStatement.compile(2, (id: number, updatedAt: Time) =>
     db
       .updateTable("Contact")

@@ -6,6 +6,7 @@ import { createContact } from "./migrations/0001-create-contact.js";
 import { createContactMerge } from "./migrations/0002-create-contact-merge.js";
 import { createCustomerAnswer } from "./migrations/0003-create-customer-answer.js";
 import { createMysqlProcedures } from "./migrations/0004-create-mysql-procedures.js";
+import { lockOnlyPrimaries } from "./migrations/0005-lock-only-primaries.js";
 
 /** Every migration, in order. Names are frozen once released. */
 function migrations(dialect: Database["dialect"]): Record<string, Migration> {
@@ -14,6 +15,7 @@ function migrations(dialect: Database["dialect"]): Record<string, Migration> {
     "0002-create-contact-merge": createContactMerge(dialect),
     "0003-create-customer-answer": createCustomerAnswer(dialect),
     "0004-create-mysql-procedures": createMysqlProcedures(dialect),
+    "0005-lock-only-primaries": lockOnlyPrimaries(dialect),
   };
 }
 

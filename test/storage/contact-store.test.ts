@@ -226,6 +226,63 @@ for (const dialect of serverDialectsUnderTest()) {
       });
     }
 
+    it("locks only rows that are still primaries: a customer merged away is left to its holder", async () => {
+      // A stale cache lead or read can name a customer merged away since; its row is then a
+      // secondary that the holder of its customer relinks. Holding it while waiting for that
+      // customer (found next, with a higher id) deadlocked.
+      const { database } = suite;
+      const now = new Date();
+      const insert = async (email: string, linkedId: number | null): Promise<number> => {
+        const values = {
+          email,
+          phoneNumber: null,
+          linkedId,
+          linkPrecedence: linkedId === null ? ("primary" as const) : ("secondary" as const),
+          createdAt: now,
+          updatedAt: now,
+        };
+        if (dialect === "mysql") {
+          const result = await database.db.insertInto("Contact").values(values).executeTakeFirst();
+          return Number(result.insertId);
+        }
+        const row = await database.db
+          .insertInto("Contact")
+          .values(values)
+          .returning("id")
+          .executeTakeFirstOrThrow();
+        return row.id;
+      };
+      const first = await insert("stale-first@example.com", null);
+      const second = await insert("stale-second@example.com", null);
+      const owner = await insert("stale-owner@example.com", null);
+      const merged = await insert("stale-merged@example.com", owner);
+      // Asked of another connection, without waiting.
+      const lockedElsewhere = async (id: number): Promise<boolean> => {
+        try {
+          await database.db.transaction().execute(async (trx) => {
+            await sql`select ${sql.ref("id")} from ${sql.table("Contact")}
+              where ${sql.ref("id")} = ${id} for update nowait`.execute(trx);
+          });
+          return false;
+        } catch (error) {
+          assert.match(String(error), /could not obtain lock|lock wait timeout/i);
+          return true;
+        }
+      };
+      const request: IdentifyRequest = { email: "stale-merged@example.com", phoneNumber: null };
+      const store = new SqlContactStore(database, NO_RETRY);
+      const held: boolean[][] = [];
+      // MySQL/MariaDB: the first two customers are locked inside identity_begin, a third by a
+      // statement of its own.
+      for (const customers of [[owner], [merged], [first, second, merged]]) {
+        await store.withLockedTransaction(identifierKeys(request), async (tx) => {
+          await tx.lockAndFind(customers, request);
+          held.push(await Promise.all(customers.map(lockedElsewhere)));
+        });
+      }
+      assert.deepEqual(held, [[true], [false], [true, true, false]]);
+    });
+
     it("commits nothing of a plan whose last write fails", async () => {
       // The relink and the merge log succeed; the insert is longer than the column allows.
       await assertFailedMergeKeepsNothing(

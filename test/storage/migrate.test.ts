@@ -43,7 +43,7 @@ for (const dialect of dialectsUnderTest()) {
       );
       const outputs = runs.map((run) => run.stdout.trim().replace(/^.*: /, "")).sort();
       assert.deepEqual(outputs, [
-        "applied 0001-create-contact, 0002-create-contact-merge, 0003-create-customer-answer, 0004-create-mysql-procedures",
+        "applied 0001-create-contact, 0002-create-contact-merge, 0003-create-customer-answer, 0004-create-mysql-procedures, 0005-lock-only-primaries",
         "schema is up to date",
         "schema is up to date",
       ]);
@@ -194,6 +194,7 @@ if (dialectsUnderTest().includes("mysql")) {
         "0002-create-contact-merge",
         "0003-create-customer-answer",
         "0004-create-mysql-procedures",
+        "0005-lock-only-primaries",
       ]);
       assert.deepEqual(await schemaObjects(), complete);
       assert.deepEqual(complete, [
@@ -217,6 +218,7 @@ if (dialectsUnderTest().includes("mysql")) {
           "0002-create-contact-merge",
           "0003-create-customer-answer",
           "0004-create-mysql-procedures",
+          "0005-lock-only-primaries",
         ]);
         assert.deepEqual(await schemaObjects(resumed, "ContactMerge"), [
           "ContactMerge_check",
@@ -239,6 +241,7 @@ if (dialectsUnderTest().includes("mysql")) {
           "0002-create-contact-merge",
           "0003-create-customer-answer",
           "0004-create-mysql-procedures",
+          "0005-lock-only-primaries",
         ]);
         const procedures = await sql<{ name: string }>`
           select routine_name as name from information_schema.routines

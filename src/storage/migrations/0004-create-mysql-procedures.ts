@@ -30,7 +30,30 @@ export function createMysqlProcedures(dialect: DialectName): Migration {
       // Each DDL statement commits on its own: a run stopped half-way leaves one of them, so
       // drop before creating.
       await dropProcedures(db);
+      await createBeginProcedure(db);
       await sql`
+        create procedure identity_commit()
+        modifies sql data
+        begin
+          commit;
+          do release_all_locks();
+        end`.execute(db);
+    },
+    async down(db: Kysely<unknown>): Promise<void> {
+      if (dialect !== "mysql") {
+        return;
+      }
+      await dropProcedures(db);
+    },
+  };
+}
+
+/**
+ * This migration's `identity_begin`. Migration 0005 replaces it (customer locks that skip a row
+ * merged away); its `down` creates this one again.
+ */
+export async function createBeginProcedure(db: Kysely<unknown>): Promise<void> {
+  await sql`
         create procedure identity_begin(
           in first_lock varchar(64),
           in second_lock varchar(64),
@@ -56,21 +79,6 @@ export function createMysqlProcedures(dialect: DialectName): Migration {
             select 1 as locked;
           end if;
         end`.execute(db);
-      await sql`
-        create procedure identity_commit()
-        modifies sql data
-        begin
-          commit;
-          do release_all_locks();
-        end`.execute(db);
-    },
-    async down(db: Kysely<unknown>): Promise<void> {
-      if (dialect !== "mysql") {
-        return;
-      }
-      await dropProcedures(db);
-    },
-  };
 }
 
 async function dropProcedures(db: Kysely<unknown>): Promise<void> {
