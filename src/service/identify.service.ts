@@ -43,7 +43,8 @@ const MAX_LOCK_ROUNDS = 6;
  * transaction: the request's identifiers are locked first, so no concurrent request can add a row
  * with them; then the primaries of the customers they match are locked, in ascending id order,
  * and the customers are read again until every customer seen is locked (one found below a locked
- * one starts the attempt over). A miss that names cached customers lacking a value of the request
+ * one starts the attempt over, and so does a locked one that the read shows merged away, before
+ * any further lock is awaited). A miss that names cached customers lacking a value of the request
  * (CacheLookup.lead) skips the first read: the transaction locks those customers first, then
  * reads. From then on nobody else can change those
  * customers, so the plan is computed on a stable state. After COMMIT, and before answering, the
@@ -112,6 +113,7 @@ export class IdentifyService {
           }
           rows = await tx.lockAndFind(toLock, request);
           highest = Math.max(highest, ...toLock);
+          const locked = toLock;
           toLock = matchedGroups(request, rows).filter((id) => !seen.has(id));
           if (toLock.length === 0) {
             break;
@@ -119,8 +121,21 @@ export class IdentifyService {
           for (const id of toLock) {
             seen.add(id);
           }
-          if (tx.locksCustomers && (toLock[0] ?? Infinity) < highest) {
-            throw new RetryTransactionError("a customer was found out of lock order");
+          if (tx.locksCustomers) {
+            // A customer just locked that the read shows merged away (not a live primary) may
+            // still be held: a lock that waited for its row while it was merged keeps it on both
+            // servers. Its row is now a secondary that the holder of its new customer relinks, so
+            // waiting for another customer while holding it could deadlock: start over without it.
+            const stale = locked.filter((id) => !isLivePrimary(rows, id));
+            if (stale.length > 0) {
+              for (const id of stale) {
+                seen.delete(id);
+              }
+              throw new RetryTransactionError("a customer was merged away while being locked");
+            }
+            if ((toLock[0] ?? Infinity) < highest) {
+              throw new RetryTransactionError("a customer was found out of lock order");
+            }
           }
         }
 
@@ -150,6 +165,11 @@ export class IdentifyService {
       await this.cache.hint(request, customer);
     }
   }
+}
+
+/** True when `rows` hold `id` as a primary: its customer's lock was taken on a live primary. */
+function isLivePrimary(rows: readonly Contact[], id: number): boolean {
+  return rows.some((row) => row.id === id && row.linkedId === null);
 }
 
 /**

@@ -234,9 +234,10 @@ function compileStatements(db: Kysely<DB>, dialect: DialectName): Statements {
   // late read) is the secondary of a customer whose holder relinks it, and holding it while
   // waiting for that customer would deadlock. PostgreSQL skips a row that does not match without
   // locking it. MariaDB keeps the lock of a row read by a `const` primary-key lookup even when the
-  // rest of the condition fails; a range releases it (READ COMMITTED), hence the two bounds. Both
-  // keep the lock when the statement had to wait for the row and it was merged away meanwhile
-  // (README, Concurrency design: the case left open).
+  // rest of the condition fails; a range releases it (READ COMMITTED), hence the two bounds.
+  // PostgreSQL keeps the lock when the statement had to wait for the row and it was merged away
+  // meanwhile: the service then starts over rather than wait for another customer (its
+  // `isLivePrimary` check).
   const lockCustomer = FixedStatement.compile(1, (id: number) => {
     const query = db.selectFrom("Contact").select("id").where("linkedId", "is", null);
     return (

@@ -283,6 +283,116 @@ for (const dialect of serverDialectsUnderTest()) {
       assert.deepEqual(held, [[true], [false], [true, true, false]]);
     });
 
+    it("does not wait for a customer while holding one merged away during its lock (no deadlock)", async () => {
+      // Rows P, Q, Z: P has the lowest id and the newest row, Z the oldest. A holds P and merges
+      // it under Q; B waits for Q; the service's transaction waits for P. When A commits, B gets
+      // Q and relinks Q's rows (P's among them) under Z, while the service gets P's lock, a row
+      // no longer a primary, which both servers keep. Had the service then waited for Q (found
+      // by its read, with a higher id) while holding P, B and it would deadlock.
+      const target = suite.test.target;
+      const mine = openDatabase(target, { poolSize: 2, lockTimeoutMs: 10_000 });
+      const others = openDatabase(target, { poolSize: 3, lockTimeoutMs: 10_000 });
+      let commitA = (): void => undefined;
+      const aMayCommit = new Promise<void>((resolve) => {
+        commitA = resolve;
+      });
+      let a: Promise<void> = Promise.resolve();
+      let b: Promise<void> = Promise.resolve();
+      let answer: Promise<unknown> = Promise.resolve();
+      try {
+        const hour = 3_600_000;
+        const insert = async (email: string, ageHours: number): Promise<number> => {
+          const at = new Date(Date.now() - ageHours * hour);
+          const values = {
+            email,
+            phoneNumber: null,
+            linkedId: null,
+            linkPrecedence: "primary" as const,
+            createdAt: at,
+            updatedAt: at,
+          };
+          if (dialect === "mysql") {
+            const result = await others.db.insertInto("Contact").values(values).executeTakeFirst();
+            return Number(result.insertId);
+          }
+          const row = await others.db
+            .insertInto("Contact")
+            .values(values)
+            .returning("id")
+            .executeTakeFirstOrThrow();
+          return row.id;
+        };
+        const p = await insert("held-p@example.com", 1);
+        const q = await insert("held-q@example.com", 2);
+        const z = await insert("held-z@example.com", 3);
+        const ref = (column: string) => sql.ref(column);
+        const contact = sql.table("Contact");
+        const lock = (id: number) => sql`select ${ref("id")} from ${contact}
+          where ${ref("id")} = ${id} for update`;
+        const relink = (winner: number, group: number) => sql`update ${contact}
+          set ${ref("linkedId")} = ${winner}, ${ref("linkPrecedence")} = 'secondary'
+          where ${ref("id")} = ${group} or ${ref("linkedId")} = ${group}`;
+        // Sessions of the test database waiting for a row lock, asked of the server (MariaDB lists
+        // such a session's statement, but not always its transaction in innodb_trx).
+        const waiting = async (): Promise<number> => {
+          const query =
+            dialect === "mysql"
+              ? sql<{ n: number | string }>`select count(*) as n from information_schema.processlist
+                  where db = database() and id <> connection_id() and info like '%for update%'`
+              : sql<{ n: number | string }>`select count(*)::int as n from pg_stat_activity
+                  where datname = current_database() and wait_event_type = 'Lock'`;
+          const { rows } = await query.execute(others.db);
+          return Number(rows[0]?.n ?? 0);
+        };
+
+        let aHolds = (): void => undefined;
+        const aHeld = new Promise<void>((resolve) => {
+          aHolds = resolve;
+        });
+        a = others.db.transaction().execute(async (trx) => {
+          await lock(p).execute(trx);
+          await relink(q, p).execute(trx);
+          aHolds();
+          await aMayCommit;
+        });
+        await aHeld;
+        b = others.db.transaction().execute(async (trx) => {
+          await lock(q).execute(trx);
+          await relink(z, q).execute(trx);
+        });
+        const reasons: string[] = [];
+        const store = new SqlContactStore(
+          mine,
+          { maxAttempts: 12, baseDelayMs: 1, maxDelayMs: 5 },
+          { onRetry: (_attempt, _cause, reason) => reasons.push(reason) },
+        );
+        const service = new IdentifyService(store, new NoCache());
+        // A new phone for P's customer: a write, so a transaction that locks P.
+        answer = service.identify({ email: "held-p@example.com", phoneNumber: "5550001111" });
+        // B waits for Q (A's foreign key check holds it), the service for P.
+        for (let tries = 0; (await waiting()) < 2; tries++) {
+          assert.ok(tries < 500, "B and the service never both waited for a lock");
+          await sleep(10);
+        }
+        commitA();
+        await a;
+        await b;
+        const { customer } = (await answer) as Awaited<ReturnType<IdentifyService["identify"]>>;
+        assert.equal(customer.primaryContactId, z);
+        assert.deepEqual(customer.phoneNumbers, ["5550001111"]);
+        const secondaries = [...customer.secondaryContactIds].sort((x, y) => x - y);
+        assert.deepEqual(secondaries.slice(0, 2), [p, q]);
+        assert.equal(secondaries.length, 3);
+        assert.ok(!reasons.includes("deadlock"), reasons.join(", "));
+        assert.ok(reasons.includes("contention"), "the service started over without P");
+      } finally {
+        commitA();
+        await Promise.allSettled([a, b, answer]);
+        await mine.destroy();
+        await others.destroy();
+      }
+    });
+
     it("commits nothing of a plan whose last write fails", async () => {
       // The relink and the merge log succeed; the insert is longer than the column allows.
       await assertFailedMergeKeepsNothing(
