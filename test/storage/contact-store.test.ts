@@ -17,6 +17,7 @@ import {
   allContacts,
   databaseForSuite,
   dialectsUnderTest,
+  insertContact,
   migratedDatabaseForSuite,
   serverDialectsUnderTest,
 } from "../support/databases.js";
@@ -241,16 +242,7 @@ for (const dialect of serverDialectsUnderTest()) {
           createdAt: now,
           updatedAt: now,
         };
-        if (dialect === "mysql") {
-          const result = await database.db.insertInto("Contact").values(values).executeTakeFirst();
-          return Number(result.insertId);
-        }
-        const row = await database.db
-          .insertInto("Contact")
-          .values(values)
-          .returning("id")
-          .executeTakeFirstOrThrow();
-        return row.id;
+        return insertContact(database, values);
       };
       const first = await insert("stale-first@example.com", null);
       const second = await insert("stale-second@example.com", null);
@@ -311,16 +303,7 @@ for (const dialect of serverDialectsUnderTest()) {
             createdAt: at,
             updatedAt: at,
           };
-          if (dialect === "mysql") {
-            const result = await others.db.insertInto("Contact").values(values).executeTakeFirst();
-            return Number(result.insertId);
-          }
-          const row = await others.db
-            .insertInto("Contact")
-            .values(values)
-            .returning("id")
-            .executeTakeFirstOrThrow();
-          return row.id;
+          return insertContact(others, values);
         };
         const p = await insert("held-p@example.com", 1);
         const q = await insert("held-q@example.com", 2);

@@ -9,7 +9,7 @@ import { SqlContactStore } from "../../src/storage/contact.store.js";
 import { openDatabase } from "../../src/storage/database.js";
 import type { Database, DialectName } from "../../src/storage/database.js";
 import { migrateToLatest } from "../../src/storage/migrate.js";
-import { createTestDatabase, dialectsUnderTest } from "../support/databases.js";
+import { createTestDatabase, dialectsUnderTest, insertContact } from "../support/databases.js";
 import type { TestDatabase } from "../support/databases.js";
 
 interface Statement {
@@ -191,16 +191,7 @@ for (const dialect of dialectsUnderTest()) {
           createdAt: now,
           updatedAt: now,
         };
-        if (dialect === "mysql") {
-          const result = await database.db.insertInto("Contact").values(values).executeTakeFirst();
-          return Number(result.insertId);
-        }
-        const row = await database.db
-          .insertInto("Contact")
-          .values(values)
-          .returning("id")
-          .executeTakeFirstOrThrow();
-        return row.id;
+        return insertContact(database, values);
       };
       // A chain the service never writes: third -> second -> first.
       const first = await insert(e1, p1, null);

@@ -3,10 +3,12 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before } from "node:test";
+import type { Insertable } from "kysely";
 import { createConnection } from "mysql2/promise";
 import pg from "pg";
 import { openDatabase } from "../../src/storage/database.js";
 import type { Database, DatabaseTarget, DialectName } from "../../src/storage/database.js";
+import type { ContactTable } from "../../src/storage/schema.js";
 import { migrateToLatest } from "../../src/storage/migrate.js";
 
 /** A fresh, empty database owned by one test file; `drop` removes it. */
@@ -176,6 +178,23 @@ function millis(value: Date | string | null): number | null {
     return null;
   }
   return value instanceof Date ? value.getTime() : Date.parse(value);
+}
+
+/** Inserts one Contact row as given, past the service (a state to test against); its id. */
+export async function insertContact(
+  database: Database,
+  values: Insertable<ContactTable>,
+): Promise<number> {
+  if (database.dialect === "mysql") {
+    const result = await database.db.insertInto("Contact").values(values).executeTakeFirst();
+    return Number(result.insertId);
+  }
+  const row = await database.db
+    .insertInto("Contact")
+    .values(values)
+    .returning("id")
+    .executeTakeFirstOrThrow();
+  return row.id;
 }
 
 /** Every row of the Contact table, ordered by id. */
