@@ -86,3 +86,16 @@ export class RetryTransactionError extends Error {
     this.name = "RetryTransactionError";
   }
 }
+
+/**
+ * Thrown by `lockAndFind` when the lock of `customerId` found no live primary (the customer was
+ * merged away) and another lock was still to be taken: PostgreSQL keeps the lock of a row that
+ * changed while the statement waited for it, so the transaction must not wait for another
+ * customer while it may hold that row. The work drops the customer and starts over.
+ */
+export class StaleCustomerError extends RetryTransactionError {
+  constructor(readonly customerId: number) {
+    super(`customer ${customerId} was merged away while being locked`);
+    this.name = "StaleCustomerError";
+  }
+}

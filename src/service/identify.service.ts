@@ -3,7 +3,7 @@ import type { Contact, Customer, IdentifyRequest } from "../domain/contact.js";
 import { identifierKeys } from "../domain/contact.js";
 import { consolidate, matchedGroups, planIdentify } from "../domain/reconcile.js";
 import type { IdentifyOutcome } from "../domain/reconcile.js";
-import { RetryTransactionError } from "./contact-store.js";
+import { RetryTransactionError, StaleCustomerError } from "./contact-store.js";
 import type { ContactStore } from "./contact-store.js";
 
 export interface IdentifyResult {
@@ -111,7 +111,14 @@ export class IdentifyService {
           if (round >= MAX_LOCK_ROUNDS) {
             throw new RetryTransactionError("customers kept changing while being locked");
           }
-          rows = await tx.lockAndFind(toLock, request);
+          try {
+            rows = await tx.lockAndFind(toLock, request);
+          } catch (error) {
+            if (error instanceof StaleCustomerError) {
+              seen.delete(error.customerId);
+            }
+            throw error;
+          }
           highest = Math.max(highest, ...toLock);
           const locked = toLock;
           toLock = matchedGroups(request, rows).filter((id) => !seen.has(id));
@@ -122,11 +129,12 @@ export class IdentifyService {
             seen.add(id);
           }
           if (tx.locksCustomers) {
-            // A customer just locked that the read shows merged away (not a live primary) may
-            // still be held: a lock that waited for its row while it was merged keeps it on both
-            // servers. Its row is now a secondary that the holder of its new customer relinks, so
-            // waiting for another customer while holding it could deadlock: start over without it.
-            const stale = locked.filter((id) => !isLivePrimary(rows, id));
+            // A customer just locked that the read no longer shows as a customer was merged away;
+            // its lock may still be held (PostgreSQL keeps the lock of a row that changed while
+            // the statement waited for it). Its row is now a secondary that the holder of its new
+            // customer relinks, so waiting for another customer while holding it could deadlock:
+            // start over without it.
+            const stale = locked.filter((id) => !isCustomer(rows, id));
             if (stale.length > 0) {
               for (const id of stale) {
                 seen.delete(id);
@@ -167,9 +175,12 @@ export class IdentifyService {
   }
 }
 
-/** True when `rows` hold `id` as a primary: its customer's lock was taken on a live primary. */
-function isLivePrimary(rows: readonly Contact[], id: number): boolean {
-  return rows.some((row) => row.id === id && row.linkedId === null);
+/**
+ * True when some row of `rows` belongs to the customer whose primary is `id` (a primary that is
+ * soft-deleted still is one, through its live rows); false once that customer was merged away.
+ */
+function isCustomer(rows: readonly Contact[], id: number): boolean {
+  return rows.some((row) => (row.linkedId ?? row.id) === id);
 }
 
 /**

@@ -5,7 +5,7 @@ import { identifierDigest } from "../domain/contact.js";
 import type { Contact, Customer, IdentifyRequest } from "../domain/contact.js";
 import { consolidate } from "../domain/reconcile.js";
 import type { ReconcilePlan } from "../domain/reconcile.js";
-import { RetryTransactionError } from "../service/contact-store.js";
+import { RetryTransactionError, StaleCustomerError } from "../service/contact-store.js";
 import type { AnswerLookup, ContactStore, ContactTransaction } from "../service/contact-store.js";
 import { endOfTurn } from "../end-of-turn.js";
 import { lockTimeoutSeconds } from "./database.js";
@@ -236,8 +236,8 @@ function compileStatements(db: Kysely<DB>, dialect: DialectName): Statements {
   // locking it. MariaDB keeps the lock of a row read by a `const` primary-key lookup even when the
   // rest of the condition fails; a range releases it (READ COMMITTED), hence the two bounds.
   // PostgreSQL keeps the lock when the statement had to wait for the row and it was merged away
-  // meanwhile: the service then starts over rather than wait for another customer (its
-  // `isLivePrimary` check).
+  // meanwhile: then no other lock may be awaited (lockAndFind's StaleCustomerError, the
+  // service's check of the read).
   const lockCustomer = FixedStatement.compile(1, (id: number) => {
     const query = db.selectFrom("Contact").select("id").where("linkedId", "is", null);
     return (
@@ -464,8 +464,21 @@ class SqlContactTransaction implements ContactTransaction {
     const toLock = this.begun(primaryIds);
     // SQLite: BEGIN IMMEDIATE already holds the only write lock there is.
     if (this.locksCustomers) {
-      for (const id of toLock) {
-        void this.queue.run(this.statements.lockCustomer.bind([id]), "locking a customer");
+      for (const [index, id] of toLock.entries()) {
+        const locking = this.queue.run(
+          this.statements.lockCustomer.bind([id]),
+          "locking a customer",
+        );
+        if (index < toLock.length - 1) {
+          // Another lock follows, and it may wait: not while holding a row merged away, which
+          // PostgreSQL keeps locked when it changed during the wait (StaleCustomerError). So
+          // each lock is answered before the next goes out; the last one shares the read's
+          // round trip (the service checks it against the read).
+          const { rows } = await locking;
+          if (rows.length === 0) {
+            throw new StaleCustomerError(id);
+          }
+        }
       }
     }
     const result = await this.queue.run(

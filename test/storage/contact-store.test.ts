@@ -3,10 +3,11 @@ import { describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { sql } from "kysely";
 import { identifierDigest, identifierKeys } from "../../src/domain/contact.js";
-import type { IdentifyRequest } from "../../src/domain/contact.js";
+import type { Customer, IdentifyRequest } from "../../src/domain/contact.js";
 import { planIdentify } from "../../src/domain/reconcile.js";
 import type { ReconcilePlan } from "../../src/domain/reconcile.js";
 import { IdentifyService } from "../../src/service/identify.service.js";
+import type { IdentifyResult } from "../../src/service/identify.service.js";
 import { NoCache } from "../../src/cache/customer-cache.js";
 import { retryReason, SqlContactStore } from "../../src/storage/contact.store.js";
 import { openDatabase, parseDatabaseUrl } from "../../src/storage/database.js";
@@ -275,12 +276,22 @@ for (const dialect of serverDialectsUnderTest()) {
       assert.deepEqual(held, [[true], [false], [true, true, false]]);
     });
 
-    it("does not wait for a customer while holding one merged away during its lock (no deadlock)", async () => {
-      // Rows P, Q, Z: P has the lowest id and the newest row, Z the oldest. A holds P and merges
-      // it under Q; B waits for Q; the service's transaction waits for P. When A commits, B gets
-      // Q and relinks Q's rows (P's among them) under Z, while the service gets P's lock, a row
-      // no longer a primary, which both servers keep. Had the service then waited for Q (found
-      // by its read, with a higher id) while holding P, B and it would deadlock.
+    /**
+     * A holds P and merges it under Q, then commits while B waits for Q and the service's
+     * transaction for P; B then merges Q's customer (P's row among its rows) under `bWinner`.
+     * The service gets P's lock when the row is no longer a primary, which PostgreSQL keeps: had
+     * it then waited for another customer (`serviceLocksNext`: found by its read, or the next
+     * lock of the same round), B and it would deadlock.
+     */
+    async function mergeWhileLocked(scenario: {
+      /** Tells this test's rows from the others' in the suite's database. */
+      tag: number;
+      rows: { name: string; ageHours: number }[];
+      request: IdentifyRequest;
+      p: string;
+      q: string;
+      bWinner: string;
+    }): Promise<{ id: (name: string) => number; customer: Customer; reasons: string[] }> {
       const target = suite.test.target;
       const mine = openDatabase(target, { poolSize: 2, lockTimeoutMs: 10_000 });
       const others = openDatabase(target, { poolSize: 3, lockTimeoutMs: 10_000 });
@@ -290,33 +301,30 @@ for (const dialect of serverDialectsUnderTest()) {
       });
       let a: Promise<void> = Promise.resolve();
       let b: Promise<void> = Promise.resolve();
-      let answer: Promise<unknown> = Promise.resolve();
+      let answer: Promise<IdentifyResult> | null = null;
       try {
-        const hour = 3_600_000;
-        const insert = async (email: string, ageHours: number): Promise<number> => {
-          const at = new Date(Date.now() - ageHours * hour);
-          const values = {
-            email,
-            phoneNumber: null,
+        const ids: Record<string, number> = {};
+        for (const { name, ageHours } of scenario.rows) {
+          const at = new Date(Date.now() - ageHours * 3_600_000);
+          ids[name] = await insertContact(others, {
+            email: `${name}${scenario.tag}@example.com`,
+            phoneNumber: `55${scenario.tag}${String(ageHours).padStart(7, "0")}`,
             linkedId: null,
-            linkPrecedence: "primary" as const,
+            linkPrecedence: "primary",
             createdAt: at,
             updatedAt: at,
-          };
-          return insertContact(others, values);
-        };
-        const p = await insert("held-p@example.com", 1);
-        const q = await insert("held-q@example.com", 2);
-        const z = await insert("held-z@example.com", 3);
+          });
+        }
+        const id = (name: string): number => ids[name] ?? assert.fail(`no row ${name}`);
         const ref = (column: string) => sql.ref(column);
         const contact = sql.table("Contact");
-        const lock = (id: number) => sql`select ${ref("id")} from ${contact}
-          where ${ref("id")} = ${id} for update`;
+        const lock = (row: number) => sql`select ${ref("id")} from ${contact}
+          where ${ref("id")} = ${row} for update`;
         const relink = (winner: number, group: number) => sql`update ${contact}
           set ${ref("linkedId")} = ${winner}, ${ref("linkPrecedence")} = 'secondary'
           where ${ref("id")} = ${group} or ${ref("linkedId")} = ${group}`;
-        // Sessions of the test database waiting for a row lock, asked of the server (MariaDB lists
-        // such a session's statement, but not always its transaction in innodb_trx).
+        // Sessions of the test database waiting for a row lock, asked of the server (MariaDB
+        // lists such a session's statement, but not always its transaction in innodb_trx).
         const waiting = async (): Promise<number> => {
           const query =
             dialect === "mysql"
@@ -327,6 +335,7 @@ for (const dialect of serverDialectsUnderTest()) {
           const { rows } = await query.execute(others.db);
           return Number(rows[0]?.n ?? 0);
         };
+        const [p, q, bWinner] = [id(scenario.p), id(scenario.q), id(scenario.bWinner)];
 
         let aHolds = (): void => undefined;
         const aHeld = new Promise<void>((resolve) => {
@@ -340,18 +349,21 @@ for (const dialect of serverDialectsUnderTest()) {
         });
         await aHeld;
         b = others.db.transaction().execute(async (trx) => {
+          if (bWinner !== q) {
+            await lock(bWinner).execute(trx);
+          }
           await lock(q).execute(trx);
-          await relink(z, q).execute(trx);
+          await relink(bWinner, q).execute(trx);
         });
+        b.catch(() => undefined);
         const reasons: string[] = [];
         const store = new SqlContactStore(
           mine,
           { maxAttempts: 12, baseDelayMs: 1, maxDelayMs: 5 },
           { onRetry: (_attempt, _cause, reason) => reasons.push(reason) },
         );
-        const service = new IdentifyService(store, new NoCache());
-        // A new phone for P's customer: a write, so a transaction that locks P.
-        answer = service.identify({ email: "held-p@example.com", phoneNumber: "5550001111" });
+        answer = new IdentifyService(store, new NoCache()).identify(scenario.request);
+        answer.catch(() => undefined);
         // B waits for Q (A's foreign key check holds it), the service for P.
         for (let tries = 0; (await waiting()) < 2; tries++) {
           assert.ok(tries < 500, "B and the service never both waited for a lock");
@@ -360,20 +372,64 @@ for (const dialect of serverDialectsUnderTest()) {
         commitA();
         await a;
         await b;
-        const { customer } = (await answer) as Awaited<ReturnType<IdentifyService["identify"]>>;
-        assert.equal(customer.primaryContactId, z);
-        assert.deepEqual(customer.phoneNumbers, ["5550001111"]);
-        const secondaries = [...customer.secondaryContactIds].sort((x, y) => x - y);
-        assert.deepEqual(secondaries.slice(0, 2), [p, q]);
-        assert.equal(secondaries.length, 3);
-        assert.ok(!reasons.includes("deadlock"), reasons.join(", "));
-        assert.ok(reasons.includes("contention"), "the service started over without P");
+        const { customer } = await answer;
+        return { id, customer, reasons };
       } finally {
         commitA();
         await Promise.allSettled([a, b, answer]);
         await mine.destroy();
         await others.destroy();
       }
+    }
+
+    it("does not wait for a customer found next while holding one merged away during its lock", async () => {
+      // P has the lowest id and the newest row, Z the oldest; the service's read after P's lock
+      // finds Q. A new phone for P's customer: a write, so a transaction that locks P.
+      const { id, customer, reasons } = await mergeWhileLocked({
+        tag: 1,
+        rows: [
+          { name: "p", ageHours: 1 },
+          { name: "q", ageHours: 2 },
+          { name: "z", ageHours: 3 },
+        ],
+        request: { email: "p1@example.com", phoneNumber: "5550001111" },
+        p: "p",
+        q: "q",
+        bWinner: "z",
+      });
+      assert.equal(customer.primaryContactId, id("z"));
+      assert.ok(customer.phoneNumbers.includes("5550001111"));
+      const secondaries = [...customer.secondaryContactIds].sort((x, y) => x - y);
+      assert.deepEqual(secondaries.slice(0, 2), [id("p"), id("q")]);
+      assert.equal(secondaries.length, 3);
+      assert.ok(!reasons.includes("deadlock"), reasons.join(", "));
+      // On PostgreSQL the attempt that held P gave up before locking Q (MariaDB's range read
+      // released P: no deadlock there without the check, which still starts over).
+      assert.ok(reasons.includes("contention"), "the service started over without P");
+    });
+
+    it("does not take a round's next customer lock while holding one merged away during its lock", async () => {
+      // Ids P < R < Q, R the oldest row: the request bridges P and R, so one round locks P, then
+      // R, which B holds while it waits for Q.
+      const { id, customer, reasons } = await mergeWhileLocked({
+        tag: 2,
+        rows: [
+          { name: "p", ageHours: 1 },
+          { name: "r", ageHours: 3 },
+          { name: "q", ageHours: 2 },
+        ],
+        // P's email and R's phone.
+        request: { email: "p2@example.com", phoneNumber: "5520000003" },
+        p: "p",
+        q: "q",
+        bWinner: "r",
+      });
+      assert.equal(customer.primaryContactId, id("r"));
+      assert.deepEqual(
+        [...customer.secondaryContactIds].sort((x, y) => x - y),
+        [id("p"), id("q")].sort((x, y) => x - y),
+      );
+      assert.ok(!reasons.includes("deadlock"), reasons.join(", "));
     });
 
     it("commits nothing of a plan whose last write fails", async () => {
