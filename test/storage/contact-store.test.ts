@@ -277,20 +277,19 @@ for (const dialect of serverDialectsUnderTest()) {
     });
 
     /**
-     * A holds P and merges it under Q, then commits while B waits for Q and the service's
-     * transaction for P; B then merges Q's customer (P's row among its rows) under `bWinner`.
+     * A holds P and merges it under Q, then commits while B (holding W) waits for Q and the
+     * service's transaction for P; B then merges Q's customer (P's row among its rows) under W.
      * The service gets P's lock when the row is no longer a primary, which PostgreSQL keeps: had
-     * it then waited for another customer (`serviceLocksNext`: found by its read, or the next
-     * lock of the same round), B and it would deadlock.
+     * it then waited for another customer (found by its read, or the next lock of the same
+     * round), B and it would deadlock. Answers the service's customer (W's, asserted) and the
+     * reasons of its retries (no deadlock among them, asserted).
      */
     async function mergeWhileLocked(scenario: {
       /** Tells this test's rows from the others' in the suite's database. */
       tag: number;
-      rows: { name: string; ageHours: number }[];
+      /** The order the rows are inserted in (their ids): P 1 hour old, Q 2, W (B's winner) 3. */
+      order: readonly ("p" | "q" | "w")[];
       request: IdentifyRequest;
-      p: string;
-      q: string;
-      bWinner: string;
     }): Promise<{ id: (name: string) => number; customer: Customer; reasons: string[] }> {
       const target = suite.test.target;
       const mine = openDatabase(target, { poolSize: 2, lockTimeoutMs: 10_000 });
@@ -304,7 +303,9 @@ for (const dialect of serverDialectsUnderTest()) {
       let answer: Promise<IdentifyResult> | null = null;
       try {
         const ids: Record<string, number> = {};
-        for (const { name, ageHours } of scenario.rows) {
+        const ages = { p: 1, q: 2, w: 3 };
+        for (const name of scenario.order) {
+          const ageHours = ages[name];
           const at = new Date(Date.now() - ageHours * 3_600_000);
           ids[name] = await insertContact(others, {
             email: `${name}${scenario.tag}@example.com`,
@@ -335,7 +336,7 @@ for (const dialect of serverDialectsUnderTest()) {
           const { rows } = await query.execute(others.db);
           return Number(rows[0]?.n ?? 0);
         };
-        const [p, q, bWinner] = [id(scenario.p), id(scenario.q), id(scenario.bWinner)];
+        const [p, q, w] = [id("p"), id("q"), id("w")];
 
         let aHolds = (): void => undefined;
         const aHeld = new Promise<void>((resolve) => {
@@ -349,11 +350,9 @@ for (const dialect of serverDialectsUnderTest()) {
         });
         await aHeld;
         b = others.db.transaction().execute(async (trx) => {
-          if (bWinner !== q) {
-            await lock(bWinner).execute(trx);
-          }
+          await lock(w).execute(trx);
           await lock(q).execute(trx);
-          await relink(bWinner, q).execute(trx);
+          await relink(w, q).execute(trx);
         });
         b.catch(() => undefined);
         const reasons: string[] = [];
@@ -373,6 +372,8 @@ for (const dialect of serverDialectsUnderTest()) {
         await a;
         await b;
         const { customer } = await answer;
+        assert.ok(!reasons.includes("deadlock"), reasons.join(", "));
+        assert.equal(customer.primaryContactId, w);
         return { id, customer, reasons };
       } finally {
         commitA();
@@ -383,53 +384,34 @@ for (const dialect of serverDialectsUnderTest()) {
     }
 
     it("does not wait for a customer found next while holding one merged away during its lock", async () => {
-      // P has the lowest id and the newest row, Z the oldest; the service's read after P's lock
-      // finds Q. A new phone for P's customer: a write, so a transaction that locks P.
+      // Ids P < Q < W: the service's read after P's lock finds Q. A new phone for P's customer: a
+      // write, so a transaction that locks P.
       const { id, customer, reasons } = await mergeWhileLocked({
         tag: 1,
-        rows: [
-          { name: "p", ageHours: 1 },
-          { name: "q", ageHours: 2 },
-          { name: "z", ageHours: 3 },
-        ],
+        order: ["p", "q", "w"],
         request: { email: "p1@example.com", phoneNumber: "5550001111" },
-        p: "p",
-        q: "q",
-        bWinner: "z",
       });
-      assert.equal(customer.primaryContactId, id("z"));
       assert.ok(customer.phoneNumbers.includes("5550001111"));
       const secondaries = [...customer.secondaryContactIds].sort((x, y) => x - y);
       assert.deepEqual(secondaries.slice(0, 2), [id("p"), id("q")]);
       assert.equal(secondaries.length, 3);
-      assert.ok(!reasons.includes("deadlock"), reasons.join(", "));
       // On PostgreSQL the attempt that held P gave up before locking Q (MariaDB's range read
       // released P: no deadlock there without the check, which still starts over).
       assert.ok(reasons.includes("contention"), "the service started over without P");
     });
 
     it("does not take a round's next customer lock while holding one merged away during its lock", async () => {
-      // Ids P < R < Q, R the oldest row: the request bridges P and R, so one round locks P, then
-      // R, which B holds while it waits for Q.
-      const { id, customer, reasons } = await mergeWhileLocked({
+      // Ids P < W < Q: the request (P's email, W's phone) bridges P and W, so one round locks P,
+      // then W, which B holds while it waits for Q.
+      const { id, customer } = await mergeWhileLocked({
         tag: 2,
-        rows: [
-          { name: "p", ageHours: 1 },
-          { name: "r", ageHours: 3 },
-          { name: "q", ageHours: 2 },
-        ],
-        // P's email and R's phone.
+        order: ["p", "w", "q"],
         request: { email: "p2@example.com", phoneNumber: "5520000003" },
-        p: "p",
-        q: "q",
-        bWinner: "r",
       });
-      assert.equal(customer.primaryContactId, id("r"));
       assert.deepEqual(
         [...customer.secondaryContactIds].sort((x, y) => x - y),
         [id("p"), id("q")].sort((x, y) => x - y),
       );
-      assert.ok(!reasons.includes("deadlock"), reasons.join(", "));
     });
 
     it("commits nothing of a plan whose last write fails", async () => {
