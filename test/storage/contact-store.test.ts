@@ -9,6 +9,7 @@ import type { ReconcilePlan } from "../../src/domain/reconcile.js";
 import { IdentifyService } from "../../src/service/identify.service.js";
 import type { IdentifyResult } from "../../src/service/identify.service.js";
 import { NoCache } from "../../src/cache/customer-cache.js";
+import { MemoryCustomerCache } from "../../src/cache/memory.cache.js";
 import { retryReason, SqlContactStore } from "../../src/storage/contact.store.js";
 import { openDatabase, parseDatabaseUrl } from "../../src/storage/database.js";
 import type { Database } from "../../src/storage/database.js";
@@ -412,6 +413,54 @@ for (const dialect of serverDialectsUnderTest()) {
         [...customer.secondaryContactIds].sort((x, y) => x - y),
         [id("p"), id("q")].sort((x, y) => x - y),
       );
+    });
+
+    it("counts a soft-deleted primary whose rows live on as a customer, not one merged away", async () => {
+      // The cache names X1's customer (filled before an operator soft-deleted both primaries by
+      // hand); the request also matches X2's. The transaction locks X1, its read finds X2 and
+      // only X1's secondary: X1 is still a customer, so it goes on to lock X2 (judged merged
+      // away, the two customers took turns being dropped until the retries ran out).
+      const { database } = suite;
+      const now = new Date();
+      const row = (email: string, phone: string, linkedId: number | null) => ({
+        email,
+        phoneNumber: phone,
+        linkedId,
+        linkPrecedence: linkedId === null ? ("primary" as const) : ("secondary" as const),
+        createdAt: now,
+        updatedAt: now,
+      });
+      const x1 = await insertContact(database, row("gone-x1@example.com", "5550007001", null));
+      await insertContact(database, row("kept-s1@example.com", "5550007002", x1));
+      const x2 = await insertContact(database, row("gone-x2@example.com", "5550007003", null));
+      await insertContact(database, row("kept-s2@example.com", "5550007004", x2));
+      const reasons: string[] = [];
+      const store = new SqlContactStore(
+        database,
+        { maxAttempts: 12, baseDelayMs: 1, maxDelayMs: 5 },
+        { onRetry: (_attempt, _cause, reason) => reasons.push(reason) },
+      );
+      const cache = new MemoryCustomerCache({ ttlSeconds: 3600, maxEntries: 100 });
+      const service = new IdentifyService(store, cache);
+      // The first answer hints the cache (its index), the second fills it.
+      for (let round = 0; round < 2; round++) {
+        const { customer } = await service.identify({
+          email: "kept-s1@example.com",
+          phoneNumber: null,
+        });
+        assert.equal(customer.primaryContactId, x1);
+      }
+      await database.db
+        .updateTable("Contact")
+        .set({ deletedAt: new Date() })
+        .where("id", "in", [x1, x2])
+        .execute();
+      const request = { email: "kept-s1@example.com", phoneNumber: "5550007004" };
+      assert.deepEqual((await cache.lookup(request)).lead, [x1]);
+      const { outcome, customer } = await service.identify(request);
+      assert.equal(outcome, "merged");
+      assert.deepEqual(customer.emails.sort(), ["kept-s1@example.com", "kept-s2@example.com"]);
+      assert.deepEqual(reasons, []);
     });
 
     it("commits nothing of a plan whose last write fails", async () => {
