@@ -184,17 +184,8 @@ for (const dialect of dialectsUnderTest()) {
       const { email: e2 } = fresh();
       const { email: e3 } = fresh();
       const now = dialect === "sqlite" ? new Date().toISOString() : new Date();
-      const insert = async (email: string, phone: string | null, linkedId: number | null) => {
-        const values = {
-          email,
-          phoneNumber: phone,
-          linkedId,
-          linkPrecedence: linkedId === null ? ("primary" as const) : ("secondary" as const),
-          createdAt: now,
-          updatedAt: now,
-        };
-        return insertContact(database, values);
-      };
+      const insert = (email: string, phone: string | null, linkedId: number | null) =>
+        insertContact(database, { email, phoneNumber: phone, linkedId, createdAt: now });
       // A chain the service never writes: third -> second -> first.
       const first = await insert(e1, p1, null);
       const second = await insert(e2, null, first);

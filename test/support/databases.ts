@@ -180,11 +180,29 @@ function millis(value: Date | string | null): number | null {
   return value instanceof Date ? value.getTime() : Date.parse(value);
 }
 
-/** Inserts one Contact row as given, past the service (a state to test against); its id. */
+/**
+ * Inserts one Contact row past the service (a state to test against): a primary without
+ * `linkedId`, else a secondary, created (and updated) at `createdAt`, by default now. Its id.
+ */
 export async function insertContact(
   database: Database,
-  values: Insertable<ContactTable>,
+  contact: {
+    email: string | null;
+    phoneNumber: string | null;
+    linkedId: number | null;
+    createdAt?: Date | string;
+  },
 ): Promise<number> {
+  const at = contact.createdAt ?? new Date();
+  const time = database.dialect === "sqlite" && at instanceof Date ? at.toISOString() : at;
+  const values: Insertable<ContactTable> = {
+    email: contact.email,
+    phoneNumber: contact.phoneNumber,
+    linkedId: contact.linkedId,
+    linkPrecedence: contact.linkedId === null ? "primary" : "secondary",
+    createdAt: time,
+    updatedAt: time,
+  };
   if (database.dialect === "mysql") {
     const result = await database.db.insertInto("Contact").values(values).executeTakeFirst();
     return Number(result.insertId);
