@@ -88,14 +88,15 @@ export class RetryTransactionError extends Error {
 }
 
 /**
- * Thrown by `lockAndFind` when the lock of `customerId` found no live primary (the customer was
- * merged away) and another lock was still to be taken: PostgreSQL keeps the lock of a row that
- * changed while the statement waited for it, so the transaction must not wait for another
- * customer while it may hold that row. The work drops the customer and starts over.
+ * Thrown inside a locked transaction when customers it locked turned out to be merged away (their
+ * lock found no live primary, or the read after it no longer shows them) while another lock was
+ * still to be taken: PostgreSQL keeps the lock of a row that changed while the statement waited
+ * for it, so the transaction must not wait for another customer while it may hold that row. The
+ * work drops those customers and starts over.
  */
 export class StaleCustomerError extends RetryTransactionError {
-  constructor(readonly customerId: number) {
-    super(`customer ${customerId} was merged away while being locked`);
+  constructor(readonly customerIds: readonly number[]) {
+    super(`customers ${customerIds.join(", ")} were merged away while being locked`);
     this.name = "StaleCustomerError";
   }
 }

@@ -4,7 +4,7 @@ import { identifierKeys } from "../domain/contact.js";
 import { consolidate, matchedGroups, planIdentify } from "../domain/reconcile.js";
 import type { IdentifyOutcome } from "../domain/reconcile.js";
 import { RetryTransactionError, StaleCustomerError } from "./contact-store.js";
-import type { ContactStore } from "./contact-store.js";
+import type { ContactStore, ContactTransaction } from "./contact-store.js";
 
 export interface IdentifyResult {
   readonly customer: Customer;
@@ -104,49 +104,17 @@ export class IdentifyService {
     const { customer, plan } = await this.store.withLockedTransaction(
       identifierKeys(request),
       async (tx) => {
-        let highest = -Infinity;
-        let toLock = [...seen].sort((a, b) => a - b);
         let rows: Contact[];
-        for (let round = 0; ; round++) {
-          if (round >= MAX_LOCK_ROUNDS) {
-            throw new RetryTransactionError("customers kept changing while being locked");
-          }
-          try {
-            rows = await tx.lockAndFind(toLock, request);
-          } catch (error) {
-            if (error instanceof StaleCustomerError) {
-              seen.delete(error.customerId);
-            }
-            throw error;
-          }
-          highest = Math.max(highest, ...toLock);
-          const locked = toLock;
-          toLock = matchedGroups(request, rows).filter((id) => !seen.has(id));
-          if (toLock.length === 0) {
-            break;
-          }
-          for (const id of toLock) {
-            seen.add(id);
-          }
-          if (tx.locksCustomers) {
-            // A customer just locked that the read no longer shows as a customer was merged away;
-            // its lock may still be held (PostgreSQL keeps the lock of a row that changed while
-            // the statement waited for it). Its row is now a secondary that the holder of its new
-            // customer relinks, so waiting for another customer while holding it could deadlock:
-            // start over without it.
-            const stale = locked.filter((id) => !isCustomer(rows, id));
-            if (stale.length > 0) {
-              for (const id of stale) {
-                seen.delete(id);
-              }
-              throw new RetryTransactionError("a customer was merged away while being locked");
-            }
-            if ((toLock[0] ?? Infinity) < highest) {
-              throw new RetryTransactionError("a customer was found out of lock order");
+        try {
+          rows = await this.lockCustomers(tx, seen, request);
+        } catch (error) {
+          if (error instanceof StaleCustomerError) {
+            for (const id of error.customerIds) {
+              seen.delete(id);
             }
           }
+          throw error;
         }
-
         const now = this.clock();
         const plan = planIdentify(request, rows, now);
         return { customer: await tx.commit(plan, now, request), plan };
@@ -158,6 +126,48 @@ export class IdentifyService {
       await this.cache.publish(customer, plan.relinkGroups, request, lookup);
     }
     return { customer, json: null, outcome: plan.outcome, cached: false };
+  }
+
+  /**
+   * Locks the customers of `seen` in ascending id order and reads the request's customers, then
+   * locks any more the read finds (adding them to `seen`), until a read finds none: its rows.
+   */
+  private async lockCustomers(
+    tx: ContactTransaction,
+    seen: Set<number>,
+    request: IdentifyRequest,
+  ): Promise<Contact[]> {
+    let highest = -Infinity;
+    let toLock = [...seen].sort((a, b) => a - b);
+    for (let round = 0; ; round++) {
+      if (round >= MAX_LOCK_ROUNDS) {
+        throw new RetryTransactionError("customers kept changing while being locked");
+      }
+      const rows = await tx.lockAndFind(toLock, request);
+      highest = Math.max(highest, ...toLock);
+      const locked = toLock;
+      toLock = matchedGroups(request, rows).filter((id) => !seen.has(id));
+      if (toLock.length === 0) {
+        return rows;
+      }
+      for (const id of toLock) {
+        seen.add(id);
+      }
+      if (tx.locksCustomers) {
+        // A customer just locked that the read no longer shows as a customer was merged away;
+        // its lock may still be held (PostgreSQL keeps the lock of a row that changed while the
+        // statement waited for it). Its row is now a secondary that the holder of its new
+        // customer relinks, so waiting for another customer while holding it could deadlock:
+        // start over without it.
+        const stale = locked.filter((id) => !isCustomer(rows, id));
+        if (stale.length > 0) {
+          throw new StaleCustomerError(stale);
+        }
+        if ((toLock[0] ?? Infinity) < highest) {
+          throw new RetryTransactionError("a customer was found out of lock order");
+        }
+      }
+    }
   }
 
   /** After a read that changed nothing: fills the cache (with a ticket) or hints it. */

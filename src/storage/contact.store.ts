@@ -476,7 +476,7 @@ class SqlContactTransaction implements ContactTransaction {
           // round trip (the service checks it against the read).
           const { rows } = await locking;
           if (rows.length === 0) {
-            throw new StaleCustomerError(id);
+            throw new StaleCustomerError([id]);
           }
         }
       }
