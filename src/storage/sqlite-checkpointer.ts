@@ -16,10 +16,11 @@ export interface CheckpointerOptions {
 
 /**
  * The checkpointer thread. CommonJS, evaluated as a worker: it opens its own connection to the
- * file and runs PASSIVE checkpoints (they never block a writer or a reader). Under steady writes
- * a checkpoint never catches up with the end of the WAL, and the WAL would only grow; past
- * `restartFrames` it asks the main thread to pause its writers, checkpoints once more (now to the
- * end), and lets them go: the next writer starts the WAL from the beginning again.
+ * file and runs PASSIVE checkpoints (they never block a writer or a reader). A writer restarts the
+ * WAL from its beginning only if its transaction began with every frame checkpointed, which under
+ * steady writes never happens (each batch begins after commits the last checkpoint did not see),
+ * so the WAL would only grow; past `restartFrames` the thread asks the main thread to pause its
+ * writers, checkpoints once more (now to the end), and lets them go: the next writer restarts it.
  */
 const WORKER_SOURCE = `
 const { parentPort, workerData } = require("node:worker_threads");
@@ -27,16 +28,32 @@ const Database = require(workerData.driver);
 const db = new Database(workerData.path, { fileMustExist: true });
 db.pragma("synchronous = " + workerData.synchronous);
 let waiting = false;
-// Checkpoint rounds to skip before the next pause: it grows while paused checkpoints still do not
-// reach the end of the WAL (other processes on the file keep writing), so that a process does not
-// pause its writers for nothing.
+// Checkpoint rounds to skip before the next pause: it grows while pauses do not get the WAL
+// restarted (another process on the file keeps writing, or keeps reading at the end of the WAL),
+// so that a process does not pause its writers for nothing.
 let skip = 0;
 let backoff = 0;
+// The WAL's frames at the last round, or at the last pause's checkpoint if one came after it.
+let lastLog = 0;
+let paused = false;
 const checkpoint = () => db.pragma("wal_checkpoint(PASSIVE)")[0];
+// Past restartFrames the writers pause even when this checkpoint reached the end of the WAL: under
+// steady writes no writer would restart it, and the connection's fallback checkpoint would, inside
+// a COMMIT on the event loop.
 const timer = setInterval(() => {
   if (waiting) return;
-  const { log, checkpointed } = checkpoint();
-  if (log >= workerData.restartFrames && checkpointed < log) {
+  const { log } = checkpoint();
+  if (log < lastLog) {
+    // The WAL restarted (after a pause, or by itself while writers were idle).
+    backoff = 0;
+    skip = 0;
+  } else if (paused) {
+    backoff = Math.min(Math.max(backoff * 2, 1), 300);
+    skip = backoff;
+  }
+  paused = false;
+  lastLog = log;
+  if (log >= workerData.restartFrames) {
     if (skip > 0) {
       skip--;
       return;
@@ -48,9 +65,8 @@ const timer = setInterval(() => {
 parentPort.on("message", (message) => {
   if (message === "paused") {
     try {
-      const { log, checkpointed } = checkpoint();
-      backoff = checkpointed < log ? Math.min(Math.max(backoff * 2, 1), 300) : 0;
-      skip = backoff;
+      lastLog = checkpoint().log;
+      paused = true;
     } finally {
       waiting = false;
       parentPort.postMessage("resume");

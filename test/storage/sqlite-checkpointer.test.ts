@@ -59,4 +59,36 @@ describe("SQLite checkpointer thread", () => {
     }
     assert.ok(frames <= 100, `the WAL still holds ${frames} frames`);
   });
+
+  it("has the WAL restarted under steady writes, before the connection's own checkpoint would", async () => {
+    const session = suite.database.sqlite;
+    assert.ok(session !== null);
+    await session.write(() =>
+      Promise.resolve(session.run({ sql: "create table steady (data blob)", parameters: [] })),
+    );
+    // Three pages a write, a write every 2 ms or so, 5,000 pages in all: more than the
+    // connection's threshold (4,000). Each checkpoint of the thread reaches the end of the WAL, but
+    // under writes this steady some commit always comes during it, so no write would restart the
+    // WAL unless the thread pauses the writers (before, the WAL grew to 4,000 pages and a COMMIT
+    // restarted it).
+    let most = 0;
+    let pages = 0;
+    const end = Date.now() + 15_000;
+    while (pages < 5000 && Date.now() < end) {
+      await session.write(() => {
+        for (let j = 0; j < 3; j++) {
+          session.run({
+            sql: "insert into steady (data) values (?)",
+            parameters: [randomBytes(4000)],
+          });
+        }
+        return Promise.resolve();
+      });
+      pages += 3;
+      most = Math.max(most, walFrames());
+      await sleep(2);
+    }
+    assert.ok(pages >= 5000, `only ${pages} pages were written`);
+    assert.ok(most < 3000, `the WAL grew to ${most} frames`);
+  });
 });
