@@ -4,6 +4,7 @@ import { readFileSync } from "node:fs";
 import { describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { openDatabase } from "../../src/storage/database.js";
+import type { SqliteSession } from "../../src/storage/sqlite-session.js";
 import { databaseForSuite } from "../support/databases.js";
 
 describe("SQLite checkpointer thread", () => {
@@ -24,27 +25,38 @@ describe("SQLite checkpointer thread", () => {
     return readFileSync(`${target.path}-shm`).readUInt32LE(16);
   }
 
-  it("checkpoints the WAL and has it restarted, where the connection alone would let it grow", async () => {
+  /** Creates `table`, of one blob column, and answers the session of the suite's database. */
+  async function blobTable(table: string) {
     const session = suite.database.sqlite;
     assert.ok(session !== null);
     await session.write(() =>
-      Promise.resolve(session.run({ sql: "create table blob (data blob)", parameters: [] })),
+      Promise.resolve(session.run({ sql: `create table ${table} (data blob)`, parameters: [] })),
     );
+    return session;
+  }
+
+  /** One write transaction of `count` random blobs of `bytes` each into `table`. */
+  function insertBlobs(session: SqliteSession, table: string, count: number, bytes: number) {
+    return session.write(() => {
+      for (let j = 0; j < count; j++) {
+        session.run({
+          sql: `insert into ${table} (data) values (?)`,
+          parameters: [randomBytes(bytes)],
+        });
+      }
+      return Promise.resolve();
+    });
+  }
+
+  it("checkpoints the WAL and has it restarted, where the connection alone would let it grow", async () => {
+    const session = await blobTable("blob");
     // About 3,000 pages in 30 transactions: below the connection's own threshold (4,000), above
     // the thread's (1,000).
     for (let i = 0; i < 30; i++) {
       if (i === 29) {
         assert.ok(walFrames() >= 1000, `only ${walFrames()} frames were written`);
       }
-      await session.write(() => {
-        for (let j = 0; j < 25; j++) {
-          session.run({
-            sql: "insert into blob (data) values (?)",
-            parameters: [randomBytes(16000)],
-          });
-        }
-        return Promise.resolve();
-      });
+      await insertBlobs(session, "blob", 25, 16000);
     }
     let frames = Number.POSITIVE_INFINITY;
     for (let i = 0; i < 50 && frames > 100; i++) {
@@ -61,11 +73,7 @@ describe("SQLite checkpointer thread", () => {
   });
 
   it("has the WAL restarted under steady writes, before the connection's own checkpoint would", async () => {
-    const session = suite.database.sqlite;
-    assert.ok(session !== null);
-    await session.write(() =>
-      Promise.resolve(session.run({ sql: "create table steady (data blob)", parameters: [] })),
-    );
+    const session = await blobTable("steady");
     // Three pages a write, a write every 2 ms or so, 5,000 pages in all: more than the
     // connection's threshold (4,000). Each checkpoint of the thread reaches the end of the WAL, but
     // under writes this steady some commit always comes during it, so no write would restart the
@@ -75,15 +83,7 @@ describe("SQLite checkpointer thread", () => {
     let pages = 0;
     const end = Date.now() + 15_000;
     while (pages < 5000 && Date.now() < end) {
-      await session.write(() => {
-        for (let j = 0; j < 3; j++) {
-          session.run({
-            sql: "insert into steady (data) values (?)",
-            parameters: [randomBytes(4000)],
-          });
-        }
-        return Promise.resolve();
-      });
+      await insertBlobs(session, "steady", 3, 4000);
       pages += 3;
       most = Math.max(most, walFrames());
       await sleep(2);
