@@ -37,9 +37,6 @@ let backoff = 0;
 let lastLog = 0;
 let paused = false;
 const checkpoint = () => db.pragma("wal_checkpoint(PASSIVE)")[0];
-// Past restartFrames the writers pause even when this checkpoint reached the end of the WAL: under
-// steady writes no writer would restart it, and the connection's fallback checkpoint would, inside
-// a COMMIT on the event loop.
 const timer = setInterval(() => {
   if (waiting) return;
   const { log } = checkpoint();
