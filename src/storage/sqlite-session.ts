@@ -57,8 +57,13 @@ export class SqliteSession {
     read: { batches: 0, transactions: 0 },
     write: { batches: 0, transactions: 0 },
   };
-  /** While set, no batch starts (a checkpoint runs elsewhere); `open` lets them start again. */
+  /**
+   * While set, no write batch starts (a checkpoint runs elsewhere); `open` lets them start again.
+   * Reads go on meanwhile: they append nothing to the WAL, so the checkpoint still reaches its end.
+   */
   private gate: { readonly passed: Promise<void>; readonly open: () => void } | null = null;
+  /** Set while the drain waits at the gate: a read queued meanwhile wakes it. */
+  private wake: (() => void) | null = null;
   /** The batch running now, if any. */
   private running: Promise<void> | null = null;
   private closed = false;
@@ -122,7 +127,7 @@ export class SqliteSession {
     };
   }
 
-  /** Lets the running batch finish and starts no other until `resume`. */
+  /** Lets the running batch finish and starts no write batch until `resume` (reads go on). */
   async pause(): Promise<void> {
     if (this.gate === null) {
       let open = (): void => undefined;
@@ -150,6 +155,9 @@ export class SqliteSession {
     }
     return new Promise<T>((resolve, reject) => {
       this.queue.push({ work, writes, resolve: resolve as (value: unknown) => void, reject });
+      if (!writes) {
+        this.wake?.();
+      }
       this.draining ??= new Promise((drained) => {
         setImmediate(() => void this.drain().finally(drained));
       });
@@ -159,11 +167,17 @@ export class SqliteSession {
   private async drain(): Promise<void> {
     try {
       while (this.queue.length > 0) {
-        if (this.gate !== null) {
-          await this.gate.passed;
+        const writes = this.queue.every((job) => job.writes);
+        if (writes && this.gate !== null) {
+          // Paused: only a read may start, so wait for the gate or for a read.
+          await new Promise<void>((woken) => {
+            this.wake = woken;
+            void this.gate?.passed.then(woken);
+          });
+          this.wake = null;
           continue;
         }
-        this.running = this.runBatch(this.nextBatch());
+        this.running = this.runBatch(this.nextBatch(writes));
         await this.running;
         this.running = null;
       }
@@ -174,11 +188,11 @@ export class SqliteSession {
   }
 
   /**
-   * The queued reads, if there are any, else the queued writes (at most MAX_BATCH). Reads go
-   * first and apart: under BEGIN IMMEDIATE they would wait for other processes' write locks.
+   * The queued reads, if there are any, else the queued writes (at most MAX_BATCH): `writes`
+   * tells which. Reads go first and apart: under BEGIN IMMEDIATE they would wait for other
+   * processes' write locks.
    */
-  private nextBatch(): Job[] {
-    const writes = this.queue.every((job) => job.writes);
+  private nextBatch(writes: boolean): Job[] {
     const batch: Job[] = [];
     for (let i = 0; i < this.queue.length && batch.length < MAX_BATCH;) {
       if (this.queue[i]?.writes === writes) {

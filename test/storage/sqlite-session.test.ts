@@ -163,6 +163,27 @@ describe("SqliteSession (group commit)", () => {
     ]);
   });
 
+  it("while paused (a checkpoint elsewhere), runs reads and holds the writes until resumed", async () => {
+    await session.write(() => Promise.resolve(session.run(insert("a"))));
+    await session.pause();
+    let wrote = false;
+    const write = session
+      .write(() => Promise.resolve(session.run(insert("b"))))
+      .then(() => (wrote = true));
+    // Read before the write, after it, and once the drain is waiting at the gate.
+    const before = session.read(() => session.run(values));
+    await new Promise((resolve) => setImmediate(resolve));
+    const late = await session.read(() => session.run(values));
+    assert.deepEqual(await before, [{ value: "a" }]);
+    assert.deepEqual(late, [{ value: "a" }]);
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    assert.equal(wrote, false, "a write ran while paused");
+    assert.deepEqual(committed(), ["a"]);
+    session.resume();
+    await write;
+    assert.deepEqual(committed(), ["a", "b"]);
+  });
+
   it("rejects transactions once closed", async () => {
     session.close();
     await assert.rejects(
