@@ -170,7 +170,8 @@ describe("SqliteSession (group commit)", () => {
     const write = session
       .write(() => Promise.resolve(session.run(insert("b"))))
       .then(() => (wrote = true));
-    // Read before the write, after it, and once the drain is waiting at the gate.
+    // One read queued with the write (its batch runs first), one once the drain waits at the
+    // gate with only the write left.
     const before = session.read(() => session.run(values));
     await new Promise((resolve) => setImmediate(resolve));
     const late = await session.read(() => session.run(values));
