@@ -58,11 +58,11 @@ export class SqliteSession {
     write: { batches: 0, transactions: 0 },
   };
   /**
-   * While set, no write batch starts (a checkpoint runs elsewhere); `open` lets them start again.
-   * Reads go on meanwhile: they append nothing to the WAL, so the checkpoint still reaches its end.
+   * While set, no write batch starts (a checkpoint runs elsewhere). Reads go on meanwhile: they
+   * append nothing to the WAL, so the checkpoint still reaches its end.
    */
-  private gate: { readonly passed: Promise<void>; readonly open: () => void } | null = null;
-  /** Set while the drain waits at the gate: a read queued meanwhile wakes it. */
+  private paused = false;
+  /** Set while the drain waits for `resume` or a read, whichever comes first. */
   private wake: (() => void) | null = null;
   /** The batch running now, if any. */
   private running: Promise<void> | null = null;
@@ -129,19 +129,13 @@ export class SqliteSession {
 
   /** Lets the running batch finish and starts no write batch until `resume` (reads go on). */
   async pause(): Promise<void> {
-    if (this.gate === null) {
-      let open = (): void => undefined;
-      const passed = new Promise<void>((resolve) => {
-        open = resolve;
-      });
-      this.gate = { passed, open };
-    }
+    this.paused = true;
     await this.running;
   }
 
   resume(): void {
-    this.gate?.open();
-    this.gate = null;
+    this.paused = false;
+    this.wake?.();
   }
 
   /** From now on every transaction rejects: the connection is being closed. */
@@ -168,11 +162,10 @@ export class SqliteSession {
     try {
       while (this.queue.length > 0) {
         const writes = this.queue.every((job) => job.writes);
-        if (writes && this.gate !== null) {
-          // Paused: only a read may start, so wait for the gate or for a read.
+        if (writes && this.paused) {
+          // Paused: only a read may start, so wait for `resume` or for a read.
           await new Promise<void>((woken) => {
             this.wake = woken;
-            void this.gate?.passed.then(woken);
           });
           this.wake = null;
           continue;

@@ -170,8 +170,8 @@ describe("SqliteSession (group commit)", () => {
     const write = session
       .write(() => Promise.resolve(session.run(insert("b"))))
       .then(() => (wrote = true));
-    // One read queued with the write (its batch runs first), one once the drain waits at the
-    // gate with only the write left.
+    // One read queued with the write (its batch runs first), one once the drain waits with only
+    // the write left.
     const before = session.read(() => session.run(values));
     await new Promise((resolve) => setImmediate(resolve));
     const late = await session.read(() => session.run(values));
