@@ -51,6 +51,15 @@ export interface AnswerLookup {
   readonly customers: readonly number[];
 }
 
+/** What ContactStore.identifySimple did, and the customer it left. */
+export interface SimpleIdentify {
+  readonly outcome: "created" | "secondary_added" | "unchanged";
+  /** The customer's primary id. */
+  readonly primaryId: number;
+  /** The customer's live rows, the inserted one included. */
+  readonly rows: readonly Contact[];
+}
+
 /** The Contact table. Implementations must hold across processes, not only within one. */
 export interface ContactStore extends ContactReader {
   /**
@@ -64,6 +73,21 @@ export interface ContactStore extends ContactReader {
    * something goes to its transaction without reading the rows first. Only where `keepsAnswers`.
    */
   findAnswer(request: IdentifyRequest): Promise<AnswerLookup>;
+  /**
+   * True where the database reconciles a request that involves at most one customer in one
+   * statement (PostgreSQL: `identity_identify`, migration 0006): `identifySimple` may be used.
+   */
+  readonly identifiesSimpleRequests: boolean;
+  /**
+   * Reconciles `request` in one statement, its own transaction, when it matches no customer or
+   * one whose primary is live: creates a customer, adds a secondary, or reads the customer
+   * unchanged (without locks), taking for a write the locks a locked transaction takes. Null,
+   * having written nothing, for anything else (a merge, a soft-deleted primary, a state that
+   * moved under its locks, a lock that timed out): the caller goes on as without it. `now` is
+   * the creation time of a row it inserts (a secondary's is never older than its customer's
+   * newest row). Only where `identifiesSimpleRequests`.
+   */
+  identifySimple(request: IdentifyRequest, now: number): Promise<SimpleIdentify | null>;
   /**
    * Runs `work` in one transaction that first holds an exclusive lock on each identifier key
    * (taken in a global order, so no two transactions deadlock on them), committing when it

@@ -72,6 +72,22 @@ export class IdentifyService {
     let snapshot: Contact[] | null = null;
     let found: readonly number[] = lookup.lead;
     let readRows = lookup.lead.length === 0;
+    // PostgreSQL: a write that involves at most one customer is one statement. Sent at once
+    // when the cache expects such a write: it names one customer lacking a value of the request,
+    // or nothing at all (most likely a new customer); otherwise once the read shows one.
+    const simple =
+      this.store.identifiesSimpleRequests &&
+      (lookup.lead.length === 1 ||
+        (readRows &&
+          lookup.ticket === null &&
+          this.cache.kind !== "off" &&
+          this.cache.available()));
+    if (simple) {
+      const result = await this.identifySimple(lookup, request);
+      if (result !== null) {
+        return result;
+      }
+    }
     if (readRows && this.store.keepsAnswers) {
       // SQLite: the kept answer; else the rows, for a request that changes nothing (a read, no
       // write lock); else the transaction, from the customers found.
@@ -94,6 +110,16 @@ export class IdentifyService {
         const customer = consolidate(readOnly.winnerId, readOnly.members);
         await this.fillCache(lookup, customer, request);
         return { customer, json: null, outcome: "unchanged", cached: false };
+      }
+      if (
+        !simple &&
+        this.store.identifiesSimpleRequests &&
+        (readOnly.outcome === "created" || readOnly.outcome === "secondary_added")
+      ) {
+        const result = await this.identifySimple(lookup, request);
+        if (result !== null) {
+          return result;
+        }
       }
     }
 
@@ -168,6 +194,28 @@ export class IdentifyService {
         }
       }
     }
+  }
+
+  /**
+   * The request reconciled in one statement (ContactStore.identifySimple), published to the
+   * cache as a locked transaction's result would be; null if the store left it to that
+   * transaction.
+   */
+  private async identifySimple(
+    lookup: CacheLookup,
+    request: IdentifyRequest,
+  ): Promise<IdentifyResult | null> {
+    const simple = await this.store.identifySimple(request, this.clock());
+    if (simple === null) {
+      return null;
+    }
+    const customer = consolidate(simple.primaryId, simple.rows);
+    if (simple.outcome === "unchanged") {
+      await this.fillCache(lookup, customer, request);
+    } else {
+      await this.cache.publish(customer, [], request, lookup);
+    }
+    return { customer, json: null, outcome: simple.outcome, cached: false };
   }
 
   /** After a read that changed nothing: fills the cache (with a ticket) or hints it. */

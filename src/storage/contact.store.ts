@@ -1,12 +1,17 @@
 import { setTimeout as sleep } from "node:timers/promises";
 import { CompiledQuery, sql } from "kysely";
 import type { Kysely } from "kysely";
-import { identifierDigest } from "../domain/contact.js";
+import { identifierDigest, identifierKeys } from "../domain/contact.js";
 import type { Contact, Customer, IdentifyRequest } from "../domain/contact.js";
 import { consolidate } from "../domain/reconcile.js";
 import type { ReconcilePlan } from "../domain/reconcile.js";
 import { RetryTransactionError, StaleCustomerError } from "../service/contact-store.js";
-import type { AnswerLookup, ContactStore, ContactTransaction } from "../service/contact-store.js";
+import type {
+  AnswerLookup,
+  ContactStore,
+  ContactTransaction,
+  SimpleIdentify,
+} from "../service/contact-store.js";
 import { endOfTurn } from "../end-of-turn.js";
 import { lockTimeoutSeconds } from "./database.js";
 import type { Database, DialectName, Send } from "./database.js";
@@ -140,10 +145,22 @@ interface Statements {
    * theirs in `identity_begin` (BEGIN_LOCKED).
    */
   readonly lockIdentifiers: FixedStatement<[first: string, second: string]> | null;
+  /**
+   * PostgreSQL only (null elsewhere): a request that involves at most one customer, reconciled in
+   * one statement (migration 0006).
+   */
+  readonly identifySimple: FixedStatement<
+    [email: string | null, phoneNumber: string | null, first: string, second: string, now: Date]
+  > | null;
   /** SQLite only (null elsewhere): the customers a request matches, and the first one's answer. */
   readonly findAnswer: FixedStatement<[email: string | null, phoneNumber: string | null]> | null;
   /** SQLite only (null elsewhere): keeps a customer's answer. */
   readonly keepAnswer: FixedStatement<[primaryId: number, answer: string]> | null;
+}
+
+/** A row of `identifySimple`: the customer's rows; one row of nulls when it falls back. */
+interface SimpleRow extends ContactColumns {
+  readonly outcome: SimpleIdentify["outcome"] | "fallback";
 }
 
 /** The row of `findAnswer`: no match gives a row of nulls. */
@@ -288,6 +305,16 @@ function compileStatements(db: Kysely<DB>, dialect: DialectName): Statements {
           ),
         )
       : null;
+  const identifySimple =
+    dialect === "postgres"
+      ? FixedStatement.compile(
+          5,
+          (email: string | null, phone: string | null, first: string, second: string, now: Date) =>
+            sql`select * from identity_identify(${email}, ${phone}, ${first}::bigint, ${second}::bigint, ${now})`.compile(
+              db,
+            ),
+        )
+      : null;
   const logMerge = FixedStatement.compile(
     6,
     (...[winnerId, mergedId, kind, email, phoneNumber, createdAt]: MergeLogValues) =>
@@ -350,6 +377,7 @@ function compileStatements(db: Kysely<DB>, dialect: DialectName): Statements {
     logMerge,
     insert,
     lockIdentifiers,
+    identifySimple,
     findAnswer,
     keepAnswer,
   };
@@ -641,18 +669,48 @@ export class SqlContactStore implements ContactStore {
     }
   }
 
+  get identifiesSimpleRequests(): boolean {
+    return this.statements.identifySimple !== null;
+  }
+
+  async identifySimple(request: IdentifyRequest, now: number): Promise<SimpleIdentify | null> {
+    const { identifySimple } = this.statements;
+    if (identifySimple === null) {
+      throw new Error("only PostgreSQL identifies in one statement");
+    }
+    const [first, second] = this.lockKeys(lockDigests(identifierKeys(request)));
+    const query = identifySimple.bind([
+      request.email,
+      request.phoneNumber,
+      first,
+      second,
+      new Date(now),
+    ]);
+    let rows: SimpleRow[];
+    try {
+      rows = (await this.database.db.executeQuery(query)).rows as SimpleRow[];
+    } catch (error) {
+      // A lock that timed out (or a deadlock, which its lock order rules out): the locked
+      // transaction retries it.
+      if (retryReason(error) !== null) {
+        return null;
+      }
+      throw asDatabaseError(error, "identifying");
+    }
+    const outcome = rows[0]?.outcome ?? "fallback";
+    const primary = rows.find((row) => row.linkedId === null);
+    if (outcome === "fallback" || primary === undefined) {
+      return null;
+    }
+    return { outcome, primaryId: primary.id, rows: rowsToContacts(rows) };
+  }
+
   async withLockedTransaction<T>(
     identifierKeys: readonly string[],
     work: (tx: ContactTransaction) => Promise<T>,
   ): Promise<T> {
     // SQLite needs no identifier locks: its batch holds the only write lock.
-    const digests =
-      this.database.sqlite === null
-        ? [...new Set(identifierKeys.map(identifierDigest))].sort()
-        : [];
-    if (digests.length > 2) {
-      throw new Error("a request has at most two identifiers");
-    }
+    const digests = this.database.sqlite === null ? lockDigests(identifierKeys) : [];
     for (let attempt = 1; ; attempt++) {
       try {
         return await this.runOnce(digests, work);
@@ -787,6 +845,15 @@ export class SqlContactStore implements ContactStore {
     );
     return primaryIds.slice(BEGIN_LOCKED_CUSTOMERS);
   }
+}
+
+/** The digests of a request's identifier keys, each once, in lock order (ascending). */
+function lockDigests(identifierKeys: readonly string[]): string[] {
+  const digests = [...new Set(identifierKeys.map(identifierDigest))].sort();
+  if (digests.length > 2) {
+    throw new Error("a request has at most two identifiers");
+  }
+  return digests;
 }
 
 /** The servers' COMMIT: on MySQL/MariaDB with the release of the named locks. */

@@ -7,6 +7,7 @@ import { createContactMerge } from "./migrations/0002-create-contact-merge.js";
 import { createCustomerAnswer } from "./migrations/0003-create-customer-answer.js";
 import { createMysqlProcedures } from "./migrations/0004-create-mysql-procedures.js";
 import { lockOnlyPrimaries } from "./migrations/0005-lock-only-primaries.js";
+import { createPostgresIdentify } from "./migrations/0006-create-postgres-identify.js";
 
 /** Every migration, in order. Names are frozen once released. */
 function migrations(dialect: Database["dialect"]): Record<string, Migration> {
@@ -16,6 +17,7 @@ function migrations(dialect: Database["dialect"]): Record<string, Migration> {
     "0003-create-customer-answer": createCustomerAnswer(dialect),
     "0004-create-mysql-procedures": createMysqlProcedures(dialect),
     "0005-lock-only-primaries": lockOnlyPrimaries(dialect),
+    "0006-create-postgres-identify": createPostgresIdentify(dialect),
   };
 }
 

@@ -43,7 +43,7 @@ for (const dialect of dialectsUnderTest()) {
       );
       const outputs = runs.map((run) => run.stdout.trim().replace(/^.*: /, "")).sort();
       assert.deepEqual(outputs, [
-        "applied 0001-create-contact, 0002-create-contact-merge, 0003-create-customer-answer, 0004-create-mysql-procedures, 0005-lock-only-primaries",
+        "applied 0001-create-contact, 0002-create-contact-merge, 0003-create-customer-answer, 0004-create-mysql-procedures, 0005-lock-only-primaries, 0006-create-postgres-identify",
         "schema is up to date",
         "schema is up to date",
       ]);
@@ -195,6 +195,7 @@ if (dialectsUnderTest().includes("mysql")) {
         "0003-create-customer-answer",
         "0004-create-mysql-procedures",
         "0005-lock-only-primaries",
+        "0006-create-postgres-identify",
       ]);
       assert.deepEqual(await schemaObjects(), complete);
       assert.deepEqual(complete, [
@@ -219,6 +220,7 @@ if (dialectsUnderTest().includes("mysql")) {
           "0003-create-customer-answer",
           "0004-create-mysql-procedures",
           "0005-lock-only-primaries",
+          "0006-create-postgres-identify",
         ]);
         assert.deepEqual(await schemaObjects(resumed, "ContactMerge"), [
           "ContactMerge_check",
@@ -242,6 +244,7 @@ if (dialectsUnderTest().includes("mysql")) {
           "0003-create-customer-answer",
           "0004-create-mysql-procedures",
           "0005-lock-only-primaries",
+          "0006-create-postgres-identify",
         ]);
         const procedures = await sql<{ name: string }>`
           select routine_name as name from information_schema.routines

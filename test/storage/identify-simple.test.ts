@@ -1,0 +1,239 @@
+import assert from "node:assert/strict";
+import { after, describe, it } from "node:test";
+import pg from "pg";
+import { MemoryCustomerCache } from "../../src/cache/memory.cache.js";
+import { NoCache } from "../../src/cache/customer-cache.js";
+import type { IdentifyRequest } from "../../src/domain/contact.js";
+import { IdentifyService } from "../../src/service/identify.service.js";
+import { SqlContactStore } from "../../src/storage/contact.store.js";
+import { openDatabase } from "../../src/storage/database.js";
+import type { Database } from "../../src/storage/database.js";
+import { migrateToLatest } from "../../src/storage/migrate.js";
+import { allContacts, createTestDatabase, dialectsUnderTest } from "../support/databases.js";
+import type { TestDatabase } from "../support/databases.js";
+
+/** The store as MySQL/MariaDB and SQLite run it: every write in a locked transaction. */
+class LockedTransactionsOnly extends SqlContactStore {
+  override get identifiesSimpleRequests(): boolean {
+    return false;
+  }
+}
+
+/** A small seeded generator, so that a failure can be run again. */
+function generator(seed: number): () => number {
+  let state = seed;
+  return () => {
+    state = (state * 1103515245 + 12345) % 2147483648;
+    return state / 2147483648;
+  };
+}
+
+if (dialectsUnderTest().includes("postgres")) {
+  describe("PostgreSQL's identity_identify (migration 0006)", () => {
+    const tests: TestDatabase[] = [];
+    const databases: Database[] = [];
+
+    /** A fresh migrated database; `sent` collects the statements sent to it. */
+    async function open(
+      lockTimeoutMs = 5000,
+    ): Promise<{ test: TestDatabase; database: Database; sent: string[] }> {
+      const test = await createTestDatabase("postgres");
+      tests.push(test);
+      const sent: string[] = [];
+      const database = openDatabase(test.target, {
+        poolSize: 3,
+        lockTimeoutMs,
+        onStatement: (sql) => {
+          sent.push(sql);
+        },
+      });
+      databases.push(database);
+      await migrateToLatest(database);
+      return { test, database, sent };
+    }
+
+    after(async () => {
+      await Promise.all(databases.map((database) => database.destroy()));
+      await Promise.all(tests.map((test) => test.drop()));
+    });
+
+    it("answers and writes what the locked transaction does, request after request", async () => {
+      const { database: simple, sent } = await open();
+      const { database: locked } = await open();
+      // The cache in front, so that writes go at once (a lead, or a cache that knows nothing)
+      // and after a read (a ticket); a second service without a cache reads first every time.
+      const services = (database: Database, Store: typeof SqlContactStore) => {
+        const store = new Store(database);
+        return [
+          new IdentifyService(store, new MemoryCustomerCache({ ttlSeconds: 3600, maxEntries: 50 })),
+          new IdentifyService(store, new NoCache()),
+        ];
+      };
+      const [simpleCached, simpleUncached] = services(simple, SqlContactStore);
+      const [lockedCached, lockedUncached] = services(locked, LockedTransactionsOnly);
+      const random = generator(6);
+      const pick = (prefix: string) =>
+        random() < 0.15 ? null : `${prefix}${Math.floor(random() * 40)}`;
+      const outcomes = new Set<string>();
+      for (let i = 0; i < 400; i++) {
+        if (i === 200) {
+          // An operator soft-deletes a primary by hand: its customer needs a promotion, which
+          // only the locked transaction does.
+          for (const database of [simple, locked]) {
+            await database.db
+              .updateTable("Contact")
+              .set({ deletedAt: new Date() })
+              .where("linkedId", "is", null)
+              .where("id", "=", 1)
+              .execute();
+          }
+        }
+        const email = pick("e");
+        const phone = pick("p");
+        const request: IdentifyRequest = {
+          email: email === null ? null : `${email}@example.com`,
+          phoneNumber: email === null && phone === null ? "5550000" : phone,
+        };
+        const cached = random() < 0.5;
+        const ours = await (cached ? simpleCached : simpleUncached)?.identify(request);
+        const theirs = await (cached ? lockedCached : lockedUncached)?.identify(request);
+        assert.ok(ours !== undefined && theirs !== undefined);
+        assert.deepEqual(
+          ours.customer,
+          theirs.customer,
+          `request ${i}: ${JSON.stringify(request)}`,
+        );
+        assert.equal(ours.outcome, theirs.outcome, `request ${i}`);
+        outcomes.add(ours.outcome);
+      }
+      const rows = async (database: Database) =>
+        (await allContacts(database)).map((row) => ({
+          id: row.id,
+          email: row.email,
+          phoneNumber: row.phoneNumber,
+          linkedId: row.linkedId,
+          linkPrecedence: row.linkPrecedence,
+          deleted: row.deletedAt !== null,
+        }));
+      assert.deepEqual(await rows(simple), await rows(locked));
+      assert.deepEqual([...outcomes].sort(), ["created", "merged", "secondary_added", "unchanged"]);
+      // It was used, and it left merges to the locked transaction.
+      const calls = sent.filter((sql) => sql.includes("identity_identify")).length;
+      const transactions = sent.filter((sql) => /^begin$/i.test(sql)).length;
+      assert.ok(calls > 100, `identity_identify calls: ${calls}`);
+      assert.ok(transactions > 10, `locked transactions: ${transactions}`);
+    });
+
+    it("never makes a secondary older than its customer's newest row", async () => {
+      const { database } = await open();
+      const store = new SqlContactStore(database);
+      const first = await store.identifySimple(
+        { email: "doc@example.com", phoneNumber: null },
+        Date.parse("2026-01-02T00:00:00Z"),
+      );
+      assert.equal(first?.outcome, "created");
+      // A clock behind the customer's row (another instance's clock, say).
+      const second = await store.identifySimple(
+        { email: "doc@example.com", phoneNumber: "5551955" },
+        Date.parse("2026-01-01T00:00:00Z"),
+      );
+      assert.equal(second?.outcome, "secondary_added");
+      const times = (await allContacts(database)).map((row) => row.createdAt);
+      assert.deepEqual(times, [
+        Date.parse("2026-01-02T00:00:00Z"),
+        Date.parse("2026-01-02T00:00:00Z"),
+      ]);
+    });
+
+    it("writes nothing and leaves the request to the locked transaction when an identifier lock times out", async () => {
+      const { database } = await open(200);
+      const store = new SqlContactStore(database);
+      const request = { email: "marty@example.com", phoneNumber: "5551985" };
+      let release = () => {};
+      const held = new Promise<void>((resolve) => {
+        release = resolve;
+      });
+      let locked = () => {};
+      const lockTaken = new Promise<void>((resolve) => {
+        locked = resolve;
+      });
+      const holder = store.withLockedTransaction(
+        [`email:${request.email}`, `phone:${request.phoneNumber}`],
+        async (tx) => {
+          await tx.lockAndFind([], request);
+          locked();
+          await held;
+        },
+      );
+      try {
+        await lockTaken;
+        assert.equal(await store.identifySimple(request, Date.now()), null);
+        assert.deepEqual(await allContacts(database), []);
+      } finally {
+        release();
+        await holder;
+      }
+    });
+
+    it("plans every statement inside it with the indexes, generic plans on a table never analyzed", async () => {
+      const { test } = await open();
+      // As the service's connections (storage/database.ts), with each statement of the function
+      // planned once for any values, as after its first executions.
+      const client = new pg.Client({
+        connectionString: test.url,
+        options: "-c enable_seqscan=off -c plan_cache_mode=force_generic_plan",
+      });
+      const plans: string[] = [];
+      client.on("notice", (notice) => plans.push(notice.message ?? ""));
+      await client.connect();
+      try {
+        await client.query("load 'auto_explain'");
+        await client.query("set auto_explain.log_min_duration = 0");
+        await client.query("set auto_explain.log_nested_statements = on");
+        await client.query("set auto_explain.log_level = notice");
+        const call = (email: string | null, phone: string | null) =>
+          client.query("select outcome from identity_identify($1, $2, 1, 2, now())", [
+            email,
+            phone,
+          ]);
+        const outcomes: unknown[] = [];
+        for (const [email, phone] of [
+          ["a@example.com", "5550001"],
+          ["a@example.com", "5550001"],
+          ["b@example.com", "5550001"],
+          ["c@example.com", "5550002"],
+          ["c@example.com", "5550001"],
+          [null, "5550002"],
+        ] as const) {
+          const { rows } = await call(email, phone);
+          outcomes.push((rows as { outcome: string }[])[0]?.outcome);
+        }
+        assert.deepEqual(outcomes, [
+          "created",
+          "unchanged",
+          "secondary_added",
+          "created",
+          "fallback",
+          "unchanged",
+        ]);
+        const inner = plans.filter(
+          (plan) => /"Contact"/.test(plan) && !/identity_identify/.test(plan),
+        );
+        // The customers read, the customer lock and the insert, each at least once.
+        assert.ok(
+          inner.some((plan) => /for update/i.test(plan)),
+          plans.join("\n"),
+        );
+        assert.ok(
+          inner.some((plan) => /with matched/i.test(plan)),
+          plans.join("\n"),
+        );
+        for (const plan of inner) {
+          assert.doesNotMatch(plan, /Seq Scan on "Contact"/, plan);
+        }
+      } finally {
+        await client.end();
+      }
+    });
+  });
+}
