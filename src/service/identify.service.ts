@@ -49,6 +49,11 @@ const MAX_LOCK_ROUNDS = 6;
  * reads. From then on nobody else can change those
  * customers, so the plan is computed on a stable state. After COMMIT, and before answering, the
  * new state is published to the cache (merged-away primaries become tombstones).
+ *
+ * Where the store identifies simple requests in one statement (PostgreSQL), a write of at most
+ * one customer goes there instead of the locked transaction, under the same locks: at once when
+ * the cache names one customer lacking a value or nothing at all, else after the read; the store
+ * leaves anything else (a merge, a state that moved) to the locked transaction.
  */
 export class IdentifyService {
   private readonly clock: () => number;

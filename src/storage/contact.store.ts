@@ -39,7 +39,10 @@ export const DEFAULT_RETRY_POLICY: RetryPolicy = {
 };
 
 export interface ContactStoreHooks {
-  /** Called before each retry of a transaction, with the error that caused it. */
+  /**
+   * Called before each retry of a transaction, with the error that caused it; attempt 0 when
+   * `identifySimple` gave up on a lock and left the request to the locked transaction.
+   */
   readonly onRetry?: (attempt: number, cause: unknown, reason: RetryReason) => void;
 }
 
@@ -690,9 +693,11 @@ export class SqlContactStore implements ContactStore {
     try {
       rows = (await this.database.db.executeQuery(query)).rows as SimpleRow[];
     } catch (error) {
-      // A lock that timed out (or a deadlock, which its lock order rules out): the locked
-      // transaction retries it.
-      if (retryReason(error) !== null) {
+      // A lock that timed out (or a deadlock, which its lock order rules out): counted as a
+      // retry, which the locked transaction makes.
+      const reason = retryReason(error);
+      if (reason !== null) {
+        this.hooks.onRetry?.(0, error, reason);
         return null;
       }
       throw asDatabaseError(error, "identifying");

@@ -4,33 +4,35 @@ import type { DialectName } from "../database.js";
 
 /**
  * PostgreSQL only: `identity_identify`, which reconciles a request that involves at most one
- * customer in one statement, so in one round trip and its own transaction. The service sends it
- * on a cache miss that names at most one customer; the rest (a merge, a customer whose primary
- * is soft-deleted, a state that moved under its locks) it answers `fallback` without writing,
- * and the service goes on with its read and locked transaction as before (README, Concurrency
- * design).
+ * customer in one statement, so in one round trip and its own transaction, where the locked
+ * transaction took two or three round trips. The rest (a merge, a customer whose primary is
+ * soft-deleted, a write whose customer changed under its locks) it answers `fallback` without
+ * writing, and the service goes on with its read and locked transaction as before (README,
+ * Concurrency design).
  *
  * `identity_identify(request_email, request_phone, first_lock, second_lock, request_time)`:
  *
  * 1. Reads the customers the request matches, every live row of them, in one statement (the
- *    store's customers read). Two or more customers: `fallback`.
- * 2. One customer that already holds every value of the request: its rows, `unchanged`, with no
- *    lock taken (a repeat that missed the cache).
- * 3. Otherwise it takes the two identifier locks (advisory keys, as the locked transaction does)
- *    and, for one customer, the row lock of its primary (`… where linkedId is null … for update`:
- *    a customer merged away meanwhile is not locked, and answers `fallback`), then reads again.
- *    If the read now finds another set of customers, or the primary is no longer live:
+ *    store's customers read). Two or more customers, or one whose primary is soft-deleted:
  *    `fallback`.
- * 4. No customer: inserts a primary (created at `request_time`), answers it, `created`. One
- *    customer that lacks a value of the request: inserts one secondary under its primary
- *    (created at `request_time`, or at its newest row's time if that is later, as planIdentify
- *    does), answers the customer's rows with it, `secondary_added`; if the value was added
- *    meanwhile, `unchanged`.
+ * 2. One customer that already holds every value of the request: its rows, `unchanged`, with no
+ *    lock taken.
+ * 3. Otherwise it takes the two identifier locks (the locked transaction's advisory keys) and,
+ *    for one customer, the row lock of its primary (`… where linkedId is null … for update`: a
+ *    customer merged away meanwhile is not locked, and answers `fallback`), then reads again, as
+ *    in 1 and 2. A write now of another customer than the one locked (or of one where there was
+ *    none): `fallback`.
+ * 4. No customer: inserts a primary and answers it, `created`. One customer that lacks a value
+ *    of the request: inserts one secondary under its primary and answers the customer's rows
+ *    with it, `secondary_added`. The row's time is `request_time` (the service's clock) plus the
+ *    time the statement has run, so taken after the locks; a secondary's is never older than
+ *    its customer's newest row (planIdentify's rule).
  *
  * The locks are taken in the locked transaction's order (identifier locks first, then one
  * customer), and nothing else is awaited after the customer lock, so it cannot deadlock with
- * those transactions. Fixed statements, no dynamic SQL; test/storage/statements.test.ts checks
- * their plans with auto_explain.
+ * those transactions. Fixed statements, no dynamic SQL; test/storage/identify-simple.test.ts
+ * checks their plans with auto_explain. The service runs it as a named prepared statement: a
+ * later migration that changes its result columns must give it a new name.
  */
 export function createPostgresIdentify(dialect: DialectName): Migration {
   return {
@@ -77,7 +79,7 @@ export function createPostgresIdentify(dialect: DialectName): Migration {
             several := false;
             has_email := request_email is null;
             has_phone := request_phone is null;
-            newest := request_time;
+            newest := null;
             -- The store's customers read: one statement, so one committed snapshot.
             for r in
               with matched as (
@@ -107,25 +109,32 @@ export function createPostgresIdentify(dialect: DialectName): Migration {
               has_phone := has_phone or coalesce(r."phoneNumber" = request_phone, false);
               newest := greatest(newest, r."createdAt");
             end loop;
-            -- Two customers (a merge), a customer whose primary is soft-deleted (a promotion), or
-            -- not the customer locked: the service's locked transaction.
-            exit when several
-              or (customer is not null and not customer = any(primaries))
-              or (locked and customer is distinct from locked_customer);
+            -- Two customers (a merge) or a customer whose primary is soft-deleted (a promotion):
+            -- the service's locked transaction.
+            exit when several or (customer is not null and not customer = any(primaries));
             outcome := case
               when customer is null then 'created'
               when has_email and has_phone then 'unchanged'
               else 'secondary_added' end;
+            -- A write under locks of another customer than the one read before them, or of one
+            -- where there was none: the locked transaction, which locks what it finds.
+            exit when outcome <> 'unchanged' and locked and customer is distinct from locked_customer;
             if outcome = 'unchanged' or locked then
               if outcome <> 'unchanged' then
-                -- A secondary is never older than its customer's newest row (planIdentify).
+                -- The request's time on the service's clock, moved on by the time spent here
+                -- (the locks' waits), so taken after the locks as the locked transaction takes
+                -- it; a secondary is never older than its customer's newest row (planIdentify).
+                newest := greatest(
+                  request_time + (clock_timestamp() - statement_timestamp()),
+                  newest
+                );
                 insert into "Contact" as c
                   (email, "phoneNumber", "linkedId", "linkPrecedence", "createdAt", "updatedAt")
                 values (
                   request_email, request_phone, customer,
                   case when customer is null then 'primary' else 'secondary' end,
-                  case when customer is null then request_time else newest end,
-                  case when customer is null then request_time else newest end
+                  newest,
+                  newest
                 )
                 returning c.* into r;
                 found_rows := found_rows || r;
