@@ -9,6 +9,7 @@ import { identifierKeys } from "../../src/domain/contact.js";
 import type { IdentifyRequest } from "../../src/domain/contact.js";
 import { planIdentify } from "../../src/domain/reconcile.js";
 import { IdentifyService } from "../../src/service/identify.service.js";
+import type { SimpleIdentify } from "../../src/service/contact-store.js";
 import { SqlContactStore } from "../../src/storage/contact.store.js";
 import { openDatabase } from "../../src/storage/database.js";
 import type { Database } from "../../src/storage/database.js";
@@ -37,6 +38,15 @@ class CountingStore extends SqlContactStore {
     }
     return result;
   }
+}
+
+/** A promise that `fire` resolves. */
+function signal(): { fired: Promise<void>; fire: () => void } {
+  let fire = () => {};
+  const fired = new Promise<void>((resolve) => {
+    fire = resolve;
+  });
+  return { fired, fire };
 }
 
 /** A small seeded generator, so that a failure can be run again. */
@@ -155,47 +165,45 @@ if (dialectsUnderTest().includes("postgres")) {
     }
 
     /**
-     * Runs `request` as a locked transaction that holds its locks (the identifier locks and
-     * `customers`) until `release`, then commits its plan.
+     * Sends `request` to identifySimple while a locked transaction of `holder` holds its locks
+     * (its identifiers and `customers`); once the request waits for a lock, the holder commits
+     * its plan. The request's answer.
      */
-    function holdLocks(
-      store: SqlContactStore,
-      request: IdentifyRequest,
+    async function identifyWhileHeld(
+      database: Database,
+      holder: IdentifyRequest,
       customers: readonly number[],
-    ): { locked: Promise<void>; release: () => void; done: Promise<unknown> } {
-      let release = () => {};
-      const released = new Promise<void>((resolve) => {
-        release = resolve;
-      });
-      let markLocked = () => {};
-      const locked = new Promise<void>((resolve) => {
-        markLocked = resolve;
-      });
-      const done = store.withLockedTransaction(identifierKeys(request), async (tx) => {
-        const rows = await tx.lockAndFind(customers, request);
-        markLocked();
-        await released;
+      request: IdentifyRequest,
+    ): Promise<SimpleIdentify | null> {
+      const store = new SqlContactStore(database);
+      const released = signal();
+      const locked = signal();
+      const done = store.withLockedTransaction(identifierKeys(holder), async (tx) => {
+        const rows = await tx.lockAndFind(customers, holder);
+        locked.fire();
+        await released.fired;
         const now = Date.now();
-        return tx.commit(planIdentify(request, rows, now), now, request);
+        return tx.commit(planIdentify(holder, rows, now), now, holder);
       });
-      return { locked, release, done };
+      await locked.fired;
+      const waiting = store.identifySimple(request, Date.now());
+      await someoneWaits(database);
+      released.fire();
+      await done;
+      return waiting;
     }
 
     it("leaves a write to the locked transaction when a customer appeared under its identifier lock", async () => {
       const { database } = await open();
-      const store = new SqlContactStore(database);
       // Another request creates the customer of doc@ while this one waits for doc@'s lock.
-      const holder = holdLocks(store, { email: "doc@example.com", phoneNumber: null }, []);
-      await holder.locked;
-      const waiting = store.identifySimple(
+      const answer = await identifyWhileHeld(
+        database,
+        { email: "doc@example.com", phoneNumber: null },
+        [],
         { email: "doc@example.com", phoneNumber: "5551955" },
-        Date.now(),
       );
-      await someoneWaits(database);
-      holder.release();
-      await holder.done;
       // Its read before the locks found no customer: it locked none, so it writes none.
-      assert.equal(await waiting, null);
+      assert.equal(answer, null);
       const rows = await allContacts(database);
       assert.deepEqual(
         rows.map((row) => [row.email, row.phoneNumber]),
@@ -216,17 +224,13 @@ if (dialectsUnderTest().includes("postgres")) {
       );
       assert.ok(older !== null && newer !== null);
       // A bridge holds both customers' locks, then merges the newer under the older.
-      const bridge = { email: "older@example.com", phoneNumber: "5550002" };
-      const holder = holdLocks(store, bridge, [older.primaryId, newer.primaryId]);
-      await holder.locked;
-      const waiting = store.identifySimple(
+      const answer = await identifyWhileHeld(
+        database,
+        { email: "older@example.com", phoneNumber: "5550002" },
+        [older.primaryId, newer.primaryId],
         { email: "newer@example.com", phoneNumber: "5550003" },
-        Date.now(),
       );
-      await someoneWaits(database);
-      holder.release();
-      await holder.done;
-      assert.equal(await waiting, null);
+      assert.equal(answer, null);
       const rows = await allContacts(database);
       assert.deepEqual(
         rows.map((row) => [row.id, row.linkedId]),
@@ -263,28 +267,19 @@ if (dialectsUnderTest().includes("postgres")) {
       const { database } = await open(200);
       const store = new SqlContactStore(database);
       const request = { email: "marty@example.com", phoneNumber: "5551985" };
-      let release = () => {};
-      const held = new Promise<void>((resolve) => {
-        release = resolve;
+      const released = signal();
+      const locked = signal();
+      const holder = store.withLockedTransaction(identifierKeys(request), async (tx) => {
+        await tx.lockAndFind([], request);
+        locked.fire();
+        await released.fired;
       });
-      let locked = () => {};
-      const lockTaken = new Promise<void>((resolve) => {
-        locked = resolve;
-      });
-      const holder = store.withLockedTransaction(
-        [`email:${request.email}`, `phone:${request.phoneNumber}`],
-        async (tx) => {
-          await tx.lockAndFind([], request);
-          locked();
-          await held;
-        },
-      );
       try {
-        await lockTaken;
+        await locked.fired;
         assert.equal(await store.identifySimple(request, Date.now()), null);
         assert.deepEqual(await allContacts(database), []);
       } finally {
-        release();
+        released.fire();
         await holder;
       }
     });
