@@ -50,9 +50,10 @@ const EXPECTED: Record<string, Record<DialectName, number>> = {
 /**
  * The database round trips of each outcome, pinned. PostgreSQL sends a write of at most one
  * customer as one statement; it pipelines the locked transaction of a merge: BEGIN, the
- * identifier locks, the customer lock and the read in one; the writes and COMMIT in another. A second customer lock waits for the first one's answer (a customer merged away
- * while its lock waited must not be held while another lock waits: StaleCustomerError), so a
- * merge makes one round trip more. Elsewhere each statement is a round trip of its own (on
+ * identifier locks, the customer lock and the read in one; the writes and COMMIT in another. A
+ * second customer lock waits for the first one's answer (a customer merged away while its lock
+ * waited must not be held while another lock waits: StaleCustomerError), so a merge makes one
+ * round trip more. Elsewhere each statement is a round trip of its own (on
  * MySQL/MariaDB the two CALLs of migration 0004 each stand for several).
  */
 const ROUND_TRIPS: Record<string, Record<DialectName, number>> = {

@@ -118,7 +118,8 @@ export function createPostgresIdentify(dialect: DialectName): Migration {
               else 'secondary_added' end;
             -- A write under locks of another customer than the one read before them, or of one
             -- where there was none: the locked transaction, which locks what it finds.
-            exit when outcome <> 'unchanged' and locked and customer is distinct from locked_customer;
+            exit when outcome <> 'unchanged' and locked
+              and customer is distinct from locked_customer;
             if outcome = 'unchanged' or locked then
               if outcome <> 'unchanged' then
                 -- The request's time on the service's clock, moved on by the time spent here
