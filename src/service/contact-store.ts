@@ -75,7 +75,8 @@ export interface ContactStore extends ContactReader {
   findAnswer(request: IdentifyRequest): Promise<AnswerLookup>;
   /**
    * True where the database reconciles a request that involves at most one customer in one
-   * statement (PostgreSQL: `identity_identify`, migration 0006): `identifySimple` may be used.
+   * statement (`identity_identify`: PostgreSQL's function, migration 0006; MySQL/MariaDB's
+   * procedure, migration 0007): `identifySimple` may be used.
    */
   readonly identifiesSimpleRequests: boolean;
   /**
@@ -85,9 +86,16 @@ export interface ContactStore extends ContactReader {
    * having written nothing, for anything else (a merge, a soft-deleted primary, a state that
    * moved under its locks, a lock that timed out): the caller goes on as without it. `now` is
    * the creation time of a row it inserts (a secondary's is never older than its customer's
-   * newest row). Only where `identifiesSimpleRequests`.
+   * newest row). `expected`, when known, is the request's customer as the caller saw it (its
+   * primary id; none: empty): a store may then lock first and read only under the locks
+   * (MySQL/MariaDB), and a customer found there that is not the one expected leaves the request
+   * to the caller. Only where `identifiesSimpleRequests`.
    */
-  identifySimple(request: IdentifyRequest, now: number): Promise<SimpleIdentify | null>;
+  identifySimple(
+    request: IdentifyRequest,
+    now: number,
+    expected?: readonly number[] | null,
+  ): Promise<SimpleIdentify | null>;
   /**
    * Runs `work` in one transaction that first holds an exclusive lock on each identifier key
    * (taken in a global order, so no two transactions deadlock on them), committing when it

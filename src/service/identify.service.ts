@@ -50,7 +50,7 @@ const MAX_LOCK_ROUNDS = 6;
  * customers, so the plan is computed on a stable state. After COMMIT, and before answering, the
  * new state is published to the cache (merged-away primaries become tombstones).
  *
- * Where the store identifies simple requests in one statement (PostgreSQL), a write of at most
+ * Where the store identifies simple requests in one statement (the servers), a write of at most
  * one customer goes there instead of the locked transaction, under the same locks: at once when
  * the cache names one customer lacking a value or nothing at all, else after the read; the store
  * leaves anything else (a merge, a state that moved) to the locked transaction.
@@ -77,7 +77,7 @@ export class IdentifyService {
     let snapshot: Contact[] | null = null;
     let found: readonly number[] = lookup.lead;
     let readRows = lookup.lead.length === 0;
-    // PostgreSQL: a write that involves at most one customer is one statement. Sent at once
+    // The servers: a write that involves at most one customer is one statement. Sent at once
     // when the cache expects such a write: it names one customer lacking a value of the request,
     // or nothing at all (most likely a new customer); otherwise once the read shows one.
     const simple =
@@ -88,7 +88,11 @@ export class IdentifyService {
           this.cache.kind !== "off" &&
           this.cache.available()));
     if (simple) {
-      const result = await this.identifySimple(lookup, request);
+      const result = await this.identifySimple(
+        lookup,
+        request,
+        lookup.lead.length === 1 ? lookup.lead : null,
+      );
       if (result !== null) {
         return result;
       }
@@ -121,7 +125,11 @@ export class IdentifyService {
         this.store.identifiesSimpleRequests &&
         (readOnly.outcome === "created" || readOnly.outcome === "secondary_added")
       ) {
-        const result = await this.identifySimple(lookup, request);
+        const result = await this.identifySimple(
+          lookup,
+          request,
+          readOnly.winnerId === null ? [] : [readOnly.winnerId],
+        );
         if (result !== null) {
           return result;
         }
@@ -209,8 +217,9 @@ export class IdentifyService {
   private async identifySimple(
     lookup: CacheLookup,
     request: IdentifyRequest,
+    expected: readonly number[] | null,
   ): Promise<IdentifyResult | null> {
-    const simple = await this.store.identifySimple(request, this.clock());
+    const simple = await this.store.identifySimple(request, this.clock(), expected);
     if (simple === null) {
       return null;
     }

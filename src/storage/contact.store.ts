@@ -150,10 +150,25 @@ interface Statements {
   readonly lockIdentifiers: FixedStatement<[first: string, second: string]> | null;
   /**
    * PostgreSQL only (null elsewhere): a request that involves at most one customer, reconciled in
-   * one statement (migration 0006).
+   * one statement, the function `identity_identify` (migration 0006).
    */
   readonly identifySimple: FixedStatement<
     [email: string | null, phoneNumber: string | null, first: string, second: string, now: Date]
+  > | null;
+  /**
+   * MySQL/MariaDB only (null elsewhere): the same in one CALL of the procedure
+   * `identity_identify` (migration 0007), which can be told the customer to expect.
+   */
+  readonly callIdentify: FixedStatement<
+    [
+      email: string | null,
+      phoneNumber: string | null,
+      first: string,
+      second: string,
+      now: Date,
+      expects: 0 | 1,
+      expected: number | null,
+    ]
   > | null;
   /** SQLite only (null elsewhere): the customers a request matches, and the first one's answer. */
   readonly findAnswer: FixedStatement<[email: string | null, phoneNumber: string | null]> | null;
@@ -161,9 +176,14 @@ interface Statements {
   readonly keepAnswer: FixedStatement<[primaryId: number, answer: string]> | null;
 }
 
-/** A row of `identifySimple`: the customer's rows; one row of nulls when it falls back. */
+type CallIdentifyArgs = Parameters<NonNullable<Statements["callIdentify"]>["bind"]>[0];
+
+/**
+ * A row of `identifySimple`: the customer's rows; one row of nulls when it falls back (or, on
+ * MySQL/MariaDB, when an identifier lock timed out).
+ */
 interface SimpleRow extends ContactColumns {
-  readonly outcome: SimpleIdentify["outcome"] | "fallback";
+  readonly outcome: SimpleIdentify["outcome"] | "fallback" | "timeout";
 }
 
 /** The row of `findAnswer`: no match gives a row of nulls. */
@@ -219,7 +239,11 @@ function customersByJoins(db: Kysely<DB>, email: string | null, phone: string | 
   return half("Customer.id").unionAll(half("Customer.linkedId")).compile();
 }
 
-function compileStatements(db: Kysely<DB>, dialect: DialectName): Statements {
+function compileStatements(
+  db: Kysely<DB>,
+  dialect: DialectName,
+  lockWaitSeconds: number,
+): Statements {
   // Fixed shape: an absent field is bound as NULL, and `column = NULL` matches nothing. Joins (not
   // IN subqueries) so that every planner looks the members up by id and by linkedId through
   // their indexes: MariaDB scanned the table for `linkedId IN (subquery)`. UNION ALL: the
@@ -318,6 +342,24 @@ function compileStatements(db: Kysely<DB>, dialect: DialectName): Statements {
             ),
         )
       : null;
+  const callIdentify =
+    dialect === "mysql"
+      ? FixedStatement.compile(
+          7,
+          (...[email, phone, first, second, now, expects, expected]: CallIdentifyArgs) =>
+            // GET_LOCK's wait is a constant of the statement, as in identity_begin.
+            CompiledQuery.raw("call identity_identify(?, ?, ?, ?, ?, ?, ?, ?)", [
+              email,
+              phone,
+              first,
+              second,
+              lockWaitSeconds,
+              now,
+              expects,
+              expected,
+            ]),
+        )
+      : null;
   const logMerge = FixedStatement.compile(
     6,
     (...[winnerId, mergedId, kind, email, phoneNumber, createdAt]: MergeLogValues) =>
@@ -381,6 +423,7 @@ function compileStatements(db: Kysely<DB>, dialect: DialectName): Statements {
     insert,
     lockIdentifiers,
     identifySimple,
+    callIdentify,
     findAnswer,
     keepAnswer,
   };
@@ -622,7 +665,11 @@ export class SqlContactStore implements ContactStore {
     private readonly retry: RetryPolicy = DEFAULT_RETRY_POLICY,
     private readonly hooks: ContactStoreHooks = {},
   ) {
-    this.statements = compileStatements(database.db, database.dialect);
+    this.statements = compileStatements(
+      database.db,
+      database.dialect,
+      lockTimeoutSeconds(database.options),
+    );
   }
 
   async findCustomers(request: IdentifyRequest): Promise<Contact[]> {
@@ -673,25 +720,33 @@ export class SqlContactStore implements ContactStore {
   }
 
   get identifiesSimpleRequests(): boolean {
-    return this.statements.identifySimple !== null;
+    return this.statements.identifySimple !== null || this.statements.callIdentify !== null;
   }
 
-  async identifySimple(request: IdentifyRequest, now: number): Promise<SimpleIdentify | null> {
-    const { identifySimple } = this.statements;
-    if (identifySimple === null) {
-      throw new Error("only PostgreSQL identifies in one statement");
-    }
+  async identifySimple(
+    request: IdentifyRequest,
+    now: number,
+    expected: readonly number[] | null = null,
+  ): Promise<SimpleIdentify | null> {
+    const { identifySimple, callIdentify } = this.statements;
+    const { email, phoneNumber } = request;
     const [first, second] = this.lockKeys(lockDigests(identifierKeys(request)));
-    const query = identifySimple.bind([
-      request.email,
-      request.phoneNumber,
-      first,
-      second,
-      new Date(now),
-    ]);
+    const time = new Date(now);
+    let query: CompiledQuery;
+    if (identifySimple !== null) {
+      query = identifySimple.bind([email, phoneNumber, first, second, time]);
+    } else if (callIdentify !== null) {
+      const expects = expected === null || expected.length > 1 ? 0 : 1;
+      const customer = expects === 1 ? (expected?.[0] ?? null) : null;
+      query = callIdentify.bind([email, phoneNumber, first, second, time, expects, customer]);
+    } else {
+      throw new Error("SQLite does not identify in one statement");
+    }
     let rows: SimpleRow[];
     try {
-      rows = (await this.database.db.executeQuery(query)).rows as SimpleRow[];
+      const result = await this.database.db.executeQuery(query);
+      // A CALL answers its result sets, then its status.
+      rows = (this.database.dialect === "mysql" ? result.rows[0] : result.rows) as SimpleRow[];
     } catch (error) {
       // A lock that timed out (or a deadlock, which its lock order rules out): counted as a
       // retry, which the locked transaction makes.
@@ -703,6 +758,11 @@ export class SqlContactStore implements ContactStore {
       throw asDatabaseError(error, "identifying");
     }
     const outcome = rows[0]?.outcome ?? "fallback";
+    if (outcome === "timeout") {
+      // MySQL/MariaDB's GET_LOCK answers 0 when it times out, and the CALL "timeout".
+      this.hooks.onRetry?.(0, new LockTimeoutError(), "lock_timeout");
+      return null;
+    }
     const primary = rows.find((row) => row.linkedId === null);
     if (outcome === "fallback" || primary === undefined) {
       return null;

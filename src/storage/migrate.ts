@@ -8,6 +8,7 @@ import { createCustomerAnswer } from "./migrations/0003-create-customer-answer.j
 import { createMysqlProcedures } from "./migrations/0004-create-mysql-procedures.js";
 import { lockOnlyPrimaries } from "./migrations/0005-lock-only-primaries.js";
 import { createPostgresIdentify } from "./migrations/0006-create-postgres-identify.js";
+import { createMysqlIdentify } from "./migrations/0007-create-mysql-identify.js";
 
 /** Every migration, in order. Names are frozen once released. */
 function migrations(dialect: Database["dialect"]): Record<string, Migration> {
@@ -18,6 +19,7 @@ function migrations(dialect: Database["dialect"]): Record<string, Migration> {
     "0004-create-mysql-procedures": createMysqlProcedures(dialect),
     "0005-lock-only-primaries": lockOnlyPrimaries(dialect),
     "0006-create-postgres-identify": createPostgresIdentify(dialect),
+    "0007-create-mysql-identify": createMysqlIdentify(dialect),
   };
 }
 

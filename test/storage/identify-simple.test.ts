@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { after, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { sql } from "kysely";
+import { CompiledQuery, sql } from "kysely";
 import pg from "pg";
 import { MemoryCustomerCache } from "../../src/cache/memory.cache.js";
 import { NoCache } from "../../src/cache/customer-cache.js";
@@ -31,8 +31,9 @@ class CountingStore extends SqlContactStore {
   override async identifySimple(
     request: IdentifyRequest,
     now: number,
+    expected: readonly number[] | null = null,
   ): ReturnType<SqlContactStore["identifySimple"]> {
-    const result = await super.identifySimple(request, now);
+    const result = await super.identifySimple(request, now, expected);
     if (result !== null) {
       this.answered++;
     }
@@ -58,8 +59,54 @@ function generator(seed: number): () => number {
   };
 }
 
-if (dialectsUnderTest().includes("postgres")) {
-  describe("PostgreSQL's identity_identify (migration 0006)", () => {
+/** How many statements are waiting for a lock in `database` (a row lock, or a named one). */
+async function waitingForLocks(database: Database): Promise<number> {
+  if (database.dialect === "postgres") {
+    const { rows } = await sql<{ n: number }>`
+      select count(*)::int as n from pg_locks where not granted`.execute(database.db);
+    return rows[0]?.n ?? 0;
+  }
+  // MySQL/MariaDB: GET_LOCK waits in the state "User lock"; a row lock wait is a transaction in
+  // LOCK WAIT. Only this database's sessions: other tests share the server.
+  const sessions = await sql<{ id: number | string; state: string | null }>`
+    select id, state from information_schema.processlist where db = database()`.execute(
+    database.db,
+  );
+  const waits = await sql<{ thread: number | string }>`
+    select trx_mysql_thread_id as thread from information_schema.innodb_trx
+    where trx_state = 'LOCK WAIT'`.execute(database.db);
+  const waiting = new Set(waits.rows.map((row) => Number(row.thread)));
+  return sessions.rows.filter((row) => row.state === "User lock" || waiting.has(Number(row.id)))
+    .length;
+}
+
+/** Requests that, sent in turn to a new database, take each way through identity_identify. */
+const EACH_OUTCOME = [
+  ["a@example.com", "5550001"],
+  ["a@example.com", "5550001"],
+  ["b@example.com", "5550001"],
+  ["c@example.com", "5550002"],
+  ["c@example.com", "5550001"],
+  [null, "5550002"],
+] as const;
+const EACH_OUTCOME_ANSWERS = [
+  "created",
+  "unchanged",
+  "secondary_added",
+  "created",
+  "fallback",
+  "unchanged",
+];
+
+const SERVERS = [
+  { dialect: "postgres", name: "PostgreSQL's identity_identify function (migration 0006)" },
+  { dialect: "mysql", name: "MySQL/MariaDB's identity_identify procedure (migration 0007)" },
+] as const;
+
+for (const { dialect, name } of SERVERS.filter((server) =>
+  dialectsUnderTest().includes(server.dialect),
+)) {
+  describe(name, () => {
     const tests: TestDatabase[] = [];
     const databases: Database[] = [];
 
@@ -67,7 +114,7 @@ if (dialectsUnderTest().includes("postgres")) {
     async function open(
       lockTimeoutMs = 5000,
     ): Promise<{ test: TestDatabase; database: Database; sent: string[] }> {
-      const test = await createTestDatabase("postgres");
+      const test = await createTestDatabase(dialect);
       tests.push(test);
       const sent: string[] = [];
       const database = openDatabase(test.target, {
@@ -146,20 +193,21 @@ if (dialectsUnderTest().includes("postgres")) {
       assert.deepEqual(await rows(simple), await rows(locked));
       assert.deepEqual([...outcomes].sort(), ["created", "merged", "secondary_added", "unchanged"]);
       // It answered most writes, and left merges to the locked transaction.
-      const transactions = sent.filter((sql) => /^begin$/i.test(sql)).length;
+      const transactions = sent.filter((sql) => /^(begin|call identity_begin\b)/i.test(sql)).length;
       assert.ok(counting.answered > 100, `answered by identity_identify: ${counting.answered}`);
       assert.ok(transactions > 10, `locked transactions: ${transactions}`);
     });
 
-    /** Resolves once some statement waits for a lock (pg_locks), so a race is set up. */
+    /** Resolves once some statement waits for a lock, so a race is set up. */
     async function someoneWaits(database: Database): Promise<void> {
-      for (let tries = 0; tries < 250; tries++) {
-        const { rows } = await sql<{ n: number }>`
-          select count(*)::int as n from pg_locks where not granted`.execute(database.db);
-        if ((rows[0]?.n ?? 0) > 0) {
+      // InnoDB refreshes information_schema.innodb_trx only when it was last read more than
+      // 100 ms before: polled faster, it never shows the wait.
+      const pause = dialect === "mysql" ? 150 : 20;
+      for (let tries = 0; tries < 5000 / pause; tries++) {
+        if ((await waitingForLocks(database)) > 0) {
           return;
         }
-        await sleep(20);
+        await sleep(pause);
       }
       assert.fail("no statement waited for a lock");
     }
@@ -167,13 +215,14 @@ if (dialectsUnderTest().includes("postgres")) {
     /**
      * Sends `request` to identifySimple while a locked transaction of `holder` holds its locks
      * (its identifiers and `customers`); once the request waits for a lock, the holder commits
-     * its plan. The request's answer.
+     * its plan. The request's answer. `expected`: the customer identifySimple is told to expect.
      */
     async function identifyWhileHeld(
       database: Database,
       holder: IdentifyRequest,
       customers: readonly number[],
       request: IdentifyRequest,
+      expected: readonly number[] | null,
     ): Promise<SimpleIdentify | null> {
       const store = new SqlContactStore(database);
       const released = signal();
@@ -186,60 +235,68 @@ if (dialectsUnderTest().includes("postgres")) {
         return tx.commit(planIdentify(holder, rows, now), now, holder);
       });
       await locked.fired;
-      const waiting = store.identifySimple(request, Date.now());
+      const waiting = store.identifySimple(request, Date.now(), expected);
       await someoneWaits(database);
       released.fire();
       await done;
       return waiting;
     }
 
-    it("leaves a write to the locked transaction when a customer appeared under its identifier lock", async () => {
-      const { database } = await open();
-      // Another request creates the customer of doc@ while this one waits for doc@'s lock.
-      const answer = await identifyWhileHeld(
-        database,
-        { email: "doc@example.com", phoneNumber: null },
-        [],
-        { email: "doc@example.com", phoneNumber: "5551955" },
-      );
-      // Its read before the locks found no customer: it locked none, so it writes none.
-      assert.equal(answer, null);
-      const rows = await allContacts(database);
-      assert.deepEqual(
-        rows.map((row) => [row.email, row.phoneNumber]),
-        [["doc@example.com", null]],
-      );
-    });
+    // Told what to expect, MySQL/MariaDB's procedure locks before it reads; PostgreSQL's
+    // function reads first either way.
+    for (const told of [false, true]) {
+      const expecting = told ? ", told what to expect" : "";
 
-    it("writes nothing under a customer merged away while it waited for that customer's lock", async () => {
-      const { database } = await open();
-      const store = new SqlContactStore(database);
-      const older = await store.identifySimple(
-        { email: "older@example.com", phoneNumber: "5550001" },
-        Date.now(),
-      );
-      const newer = await store.identifySimple(
-        { email: "newer@example.com", phoneNumber: "5550002" },
-        Date.now(),
-      );
-      assert.ok(older !== null && newer !== null);
-      // A bridge holds both customers' locks, then merges the newer under the older.
-      const answer = await identifyWhileHeld(
-        database,
-        { email: "older@example.com", phoneNumber: "5550002" },
-        [older.primaryId, newer.primaryId],
-        { email: "newer@example.com", phoneNumber: "5550003" },
-      );
-      assert.equal(answer, null);
-      const rows = await allContacts(database);
-      assert.deepEqual(
-        rows.map((row) => [row.id, row.linkedId]),
-        [
-          [older.primaryId, null],
-          [newer.primaryId, older.primaryId],
-        ],
-      );
-    });
+      it(`leaves a write to the locked transaction when a customer appeared under its identifier lock${expecting}`, async () => {
+        const { database } = await open();
+        // Another request creates the customer of doc@ while this one waits for doc@'s lock.
+        const answer = await identifyWhileHeld(
+          database,
+          { email: "doc@example.com", phoneNumber: null },
+          [],
+          { email: "doc@example.com", phoneNumber: "5551955" },
+          told ? [] : null,
+        );
+        // It expected no customer (read or told): it locked none, so it writes none.
+        assert.equal(answer, null);
+        const rows = await allContacts(database);
+        assert.deepEqual(
+          rows.map((row) => [row.email, row.phoneNumber]),
+          [["doc@example.com", null]],
+        );
+      });
+
+      it(`writes nothing under a customer merged away while it waited for that customer's lock${expecting}`, async () => {
+        const { database } = await open();
+        const store = new SqlContactStore(database);
+        const older = await store.identifySimple(
+          { email: "older@example.com", phoneNumber: "5550001" },
+          Date.now(),
+        );
+        const newer = await store.identifySimple(
+          { email: "newer@example.com", phoneNumber: "5550002" },
+          Date.now(),
+        );
+        assert.ok(older !== null && newer !== null);
+        // A bridge holds both customers' locks, then merges the newer under the older.
+        const answer = await identifyWhileHeld(
+          database,
+          { email: "older@example.com", phoneNumber: "5550002" },
+          [older.primaryId, newer.primaryId],
+          { email: "newer@example.com", phoneNumber: "5550003" },
+          told ? [newer.primaryId] : null,
+        );
+        assert.equal(answer, null);
+        const rows = await allContacts(database);
+        assert.deepEqual(
+          rows.map((row) => [row.id, row.linkedId]),
+          [
+            [older.primaryId, null],
+            [newer.primaryId, older.primaryId],
+          ],
+        );
+      });
+    }
 
     it("never makes a secondary older than its customer's newest row", async () => {
       const { database } = await open();
@@ -284,69 +341,102 @@ if (dialectsUnderTest().includes("postgres")) {
       }
     });
 
-    it("plans every statement inside it with the indexes, generic plans on a table never analyzed", async () => {
-      const { test } = await open();
-      // As the service's connections (storage/database.ts), with each statement of the function
-      // planned once for any values, as after its first executions.
-      const client = new pg.Client({
-        connectionString: test.url,
-        options: "-c enable_seqscan=off -c plan_cache_mode=force_generic_plan",
-      });
-      const plans: string[] = [];
-      client.on("notice", (notice) => plans.push(notice.message ?? ""));
-      await client.connect();
-      try {
-        await client.query("load 'auto_explain'");
-        await client.query("set auto_explain.log_min_duration = 0");
-        await client.query("set auto_explain.log_nested_statements = on");
-        await client.query("set auto_explain.log_level = notice");
-        const call = (email: string | null, phone: string | null) =>
-          client.query("select outcome from identity_identify($1, $2, 1, 2, now())", [
-            email,
-            phone,
-          ]);
-        const outcomes: unknown[] = [];
-        for (const [email, phone] of [
-          ["a@example.com", "5550001"],
-          ["a@example.com", "5550001"],
-          ["b@example.com", "5550001"],
-          ["c@example.com", "5550002"],
-          ["c@example.com", "5550001"],
-          [null, "5550002"],
-        ] as const) {
-          const { rows } = await call(email, phone);
-          outcomes.push((rows as { outcome: string }[])[0]?.outcome);
+    it(
+      "plans every statement inside it with the indexes, generic plans on a table never analyzed",
+      {
+        skip: dialect !== "postgres" && "PostgreSQL's plans",
+      },
+      async () => {
+        const { test } = await open();
+        // As the service's connections (storage/database.ts), with each statement of the function
+        // planned once for any values, as after its first executions.
+        const client = new pg.Client({
+          connectionString: test.url,
+          options: "-c enable_seqscan=off -c plan_cache_mode=force_generic_plan",
+        });
+        const plans: string[] = [];
+        client.on("notice", (notice) => plans.push(notice.message ?? ""));
+        await client.connect();
+        try {
+          await client.query("load 'auto_explain'");
+          await client.query("set auto_explain.log_min_duration = 0");
+          await client.query("set auto_explain.log_nested_statements = on");
+          await client.query("set auto_explain.log_level = notice");
+          const call = (email: string | null, phone: string | null) =>
+            client.query("select outcome from identity_identify($1, $2, 1, 2, now())", [
+              email,
+              phone,
+            ]);
+          const outcomes: unknown[] = [];
+          for (const [email, phone] of EACH_OUTCOME) {
+            const { rows } = await call(email, phone);
+            outcomes.push((rows as { outcome: string }[])[0]?.outcome);
+          }
+          assert.deepEqual(outcomes, EACH_OUTCOME_ANSWERS);
+          const inner = plans.filter(
+            (plan) => /"Contact"/.test(plan) && !/identity_identify/.test(plan),
+          );
+          // The customers read, the customer lock and the insert, each at least once.
+          assert.ok(
+            inner.some((plan) => /for update/i.test(plan)),
+            plans.join("\n"),
+          );
+          assert.ok(
+            inner.some((plan) => /with matched/i.test(plan)),
+            plans.join("\n"),
+          );
+          assert.ok(
+            inner.some((plan) => /Insert on "Contact"/.test(plan)),
+            plans.join("\n"),
+          );
+          for (const plan of inner) {
+            assert.doesNotMatch(plan, /Seq Scan on "Contact"/, plan);
+          }
+        } finally {
+          await client.end();
         }
-        assert.deepEqual(outcomes, [
-          "created",
-          "unchanged",
-          "secondary_added",
-          "created",
-          "fallback",
-          "unchanged",
-        ]);
-        const inner = plans.filter(
-          (plan) => /"Contact"/.test(plan) && !/identity_identify/.test(plan),
-        );
-        // The customers read, the customer lock and the insert, each at least once.
-        assert.ok(
-          inner.some((plan) => /for update/i.test(plan)),
-          plans.join("\n"),
-        );
-        assert.ok(
-          inner.some((plan) => /with matched/i.test(plan)),
-          plans.join("\n"),
-        );
-        assert.ok(
-          inner.some((plan) => /Insert on "Contact"/.test(plan)),
-          plans.join("\n"),
-        );
-        for (const plan of inner) {
-          assert.doesNotMatch(plan, /Seq Scan on "Contact"/, plan);
+      },
+    );
+
+    it(
+      "reads through the indexes inside it: no row read by a scan",
+      { skip: dialect !== "mysql" && "MySQL/MariaDB's handler counters" },
+      async () => {
+        const { database } = await open();
+        // Enough rows that a scan shows (the statements test does the same for the others).
+        const service = new IdentifyService(new SqlContactStore(database), new NoCache());
+        for (let i = 0; i < 300; i++) {
+          await service.identify({ email: `filler${i}@example.com`, phoneNumber: `+1800${i}` });
         }
-      } finally {
-        await client.end();
-      }
-    });
+        // EXPLAIN takes no CALL: the session's handler counters tell how the rows were read.
+        // Handler_read_rnd_next counts the rows a scan reads; reads through an index count in
+        // Handler_read_key and Handler_read_next.
+        await database.db.connection().execute(async (conn) => {
+          const counters = async () => {
+            const { rows } = await conn.executeQuery<{ Variable_name: string; Value: string }>(
+              CompiledQuery.raw("show session status like 'Handler_read%'"),
+            );
+            return new Map(rows.map((row) => [row.Variable_name, Number(row.Value)]));
+          };
+          const outcomes: unknown[] = [];
+          for (const [email, phone] of EACH_OUTCOME) {
+            const before = await counters();
+            const { rows } = await conn.executeQuery(
+              CompiledQuery.raw("call identity_identify(?, ?, 'first', 'second', 5, ?, 0, null)", [
+                email,
+                phone,
+                new Date(),
+              ]),
+            );
+            const after = await counters();
+            const read = (name: string) => (after.get(name) ?? 0) - (before.get(name) ?? 0);
+            outcomes.push((rows as [{ outcome: string }[]])[0][0]?.outcome);
+            assert.equal(read("Handler_read_rnd_next"), 0, `${email} ${phone}: a scan`);
+            assert.ok(read("Handler_read_key") > 0, `${email} ${phone}: no index read`);
+          }
+          assert.deepEqual(outcomes, EACH_OUTCOME_ANSWERS);
+        });
+      },
+    );
   });
 }

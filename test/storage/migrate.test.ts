@@ -43,7 +43,7 @@ for (const dialect of dialectsUnderTest()) {
       );
       const outputs = runs.map((run) => run.stdout.trim().replace(/^.*: /, "")).sort();
       assert.deepEqual(outputs, [
-        "applied 0001-create-contact, 0002-create-contact-merge, 0003-create-customer-answer, 0004-create-mysql-procedures, 0005-lock-only-primaries, 0006-create-postgres-identify",
+        "applied 0001-create-contact, 0002-create-contact-merge, 0003-create-customer-answer, 0004-create-mysql-procedures, 0005-lock-only-primaries, 0006-create-postgres-identify, 0007-create-mysql-identify",
         "schema is up to date",
         "schema is up to date",
       ]);
@@ -196,6 +196,7 @@ if (dialectsUnderTest().includes("mysql")) {
         "0004-create-mysql-procedures",
         "0005-lock-only-primaries",
         "0006-create-postgres-identify",
+        "0007-create-mysql-identify",
       ]);
       assert.deepEqual(await schemaObjects(), complete);
       assert.deepEqual(complete, [
@@ -221,6 +222,7 @@ if (dialectsUnderTest().includes("mysql")) {
           "0004-create-mysql-procedures",
           "0005-lock-only-primaries",
           "0006-create-postgres-identify",
+          "0007-create-mysql-identify",
         ]);
         assert.deepEqual(await schemaObjects(resumed, "ContactMerge"), [
           "ContactMerge_check",
@@ -245,13 +247,14 @@ if (dialectsUnderTest().includes("mysql")) {
           "0004-create-mysql-procedures",
           "0005-lock-only-primaries",
           "0006-create-postgres-identify",
+          "0007-create-mysql-identify",
         ]);
         const procedures = await sql<{ name: string }>`
           select routine_name as name from information_schema.routines
           where routine_schema = database() order by routine_name`.execute(resumed.db);
         assert.deepEqual(
           procedures.rows.map((row) => row.name),
-          ["identity_begin", "identity_commit"],
+          ["identity_begin", "identity_commit", "identity_identify"],
         );
         // And a write transaction runs through them.
         const store = new SqlContactStore(resumed);
