@@ -88,8 +88,9 @@ export interface ContactStore extends ContactReader {
    * the creation time of a row it inserts (a secondary's is never older than its customer's
    * newest row). `expected`, when known, is the request's customer as the caller saw it (its
    * primary id; none: empty): a store may then lock first and read only under the locks
-   * (MySQL/MariaDB), and a customer found there that is not the one expected leaves the request
-   * to the caller. Only where `identifiesSimpleRequests`.
+   * (MySQL/MariaDB), and a write found there for another customer than the one expected leaves
+   * the request to the caller (a customer that already holds the request's values is answered).
+   * Only where `identifiesSimpleRequests`.
    */
   identifySimple(
     request: IdentifyRequest,

@@ -744,9 +744,22 @@ export class SqlContactStore implements ContactStore {
     }
     let rows: SimpleRow[];
     try {
-      const result = await this.database.db.executeQuery(query);
-      // A CALL answers its result sets, then its status.
-      rows = (this.database.dialect === "mysql" ? result.rows[0] : result.rows) as SimpleRow[];
+      rows =
+        callIdentify === null
+          ? ((await this.database.db.executeQuery(query)).rows as SimpleRow[])
+          : await this.database.db.connection().execute(async (conn) => {
+              try {
+                // A CALL answers its result sets, then its status.
+                return (await conn.executeQuery(query)).rows[0] as SimpleRow[];
+              } catch (error) {
+                // The procedure's handler rolls back and releases its locks, but an interrupted
+                // GET_LOCK (KILL QUERY, max_statement_time) aborts it past the handler: the
+                // connection would go back to the pool inside its transaction, holding a lock.
+                await conn.executeQuery(ROLLBACK).catch(() => undefined);
+                await conn.executeQuery(RELEASE_LOCKS).catch(() => undefined);
+                throw error;
+              }
+            });
     } catch (error) {
       // A lock that timed out (or a deadlock, which its lock order rules out): counted as a
       // retry, which the locked transaction makes.

@@ -404,7 +404,7 @@ for (const { dialect, name } of SERVERS.filter((server) =>
         }
         // EXPLAIN takes no CALL: the session's handler counters tell how the rows were read.
         // Handler_read_rnd_next counts the rows a scan reads; reads through an index count in
-        // Handler_read_key and Handler_read_next.
+        // Handler_read_key and Handler_read_next (a scan of a whole index: hundreds of them).
         await database.db.connection().execute(async (conn) => {
           const counters = async () => {
             const { rows } = await conn.executeQuery<{ Variable_name: string; Value: string }>(
@@ -412,24 +412,100 @@ for (const { dialect, name } of SERVERS.filter((server) =>
             );
             return new Map(rows.map((row) => [row.Variable_name, Number(row.Value)]));
           };
-          const outcomes: unknown[] = [];
-          for (const [email, phone] of EACH_OUTCOME) {
+          const call = async (
+            email: string | null,
+            phone: string,
+            expected: readonly number[] | null,
+          ) => {
             const before = await counters();
-            const { rows } = await conn.executeQuery(
-              CompiledQuery.raw("call identity_identify(?, ?, 'first', 'second', 5, ?, 0, null)", [
+            const { rows } = await conn.executeQuery<[{ id: number; outcome: string }[]]>(
+              CompiledQuery.raw("call identity_identify(?, ?, 'first', 'second', 5, ?, ?, ?)", [
                 email,
                 phone,
                 new Date(),
+                expected === null ? 0 : 1,
+                expected?.[0] ?? null,
               ]),
             );
             const after = await counters();
             const read = (name: string) => (after.get(name) ?? 0) - (before.get(name) ?? 0);
-            outcomes.push((rows as [{ outcome: string }[]])[0][0]?.outcome);
-            assert.equal(read("Handler_read_rnd_next"), 0, `${email} ${phone}: a scan`);
-            assert.ok(read("Handler_read_key") > 0, `${email} ${phone}: no index read`);
+            const at = `${email} ${phone} ${JSON.stringify(expected)}`;
+            assert.equal(read("Handler_read_rnd_next"), 0, `${at}: a scan`);
+            assert.ok(read("Handler_read_key") > 0, `${at}: no index read`);
+            assert.ok(read("Handler_read_next") < 30, `${at}: ${read("Handler_read_next")} read`);
+            const [set] = rows as unknown as [{ id: number; outcome: string }[]];
+            return { outcome: set[0]?.outcome, id: set[0]?.id ?? null };
+          };
+          // Read first, then lock (not told what to expect).
+          const outcomes: unknown[] = [];
+          for (const [email, phone] of EACH_OUTCOME) {
+            outcomes.push((await call(email, phone, null)).outcome);
           }
           assert.deepEqual(outcomes, EACH_OUTCOME_ANSWERS);
+          // Told what to expect: locks first, reads under the locks only.
+          const created = await call("d@example.com", "5550003", []);
+          const customer = created.id === null ? [] : [created.id];
+          assert.deepEqual(
+            [
+              created.outcome,
+              (await call("e@example.com", "5550003", customer)).outcome,
+              (await call("d@example.com", "5550003", customer)).outcome,
+              // A stale expectation: the request's customer exists.
+              (await call("f@example.com", "5550003", [])).outcome,
+            ],
+            ["created", "secondary_added", "unchanged", "fallback"],
+          );
         });
+      });
+
+      it("leaves no transaction or lock on its connection when a GET_LOCK wait is interrupted", async () => {
+        const { database: admin, test } = await open();
+        // One connection, so that what the CALL left on it is what the next query finds.
+        const database = openDatabase(test.target, { poolSize: 1, lockTimeoutMs: 5000 });
+        databases.push(database);
+        const request = { email: "doc@example.com", phoneNumber: "5551955" };
+        // Another instance holds one of the request's two identifier locks.
+        for (const held of identifierKeys(request)) {
+          const released = signal();
+          const locked = signal();
+          const holder = new SqlContactStore(admin).withLockedTransaction([held], async (tx) => {
+            await tx.lockAndFind([], request);
+            locked.fire();
+            await released.fired;
+          });
+          try {
+            await locked.fired;
+            const waiting = new SqlContactStore(database).identifySimple(request, Date.now());
+            await someoneWaits(admin);
+            // An operator's KILL QUERY, or max_statement_time: GET_LOCK answers NULL, and the
+            // CALL stops past its handler.
+            const { rows } = await sql<{ id: number }>`
+              select id from information_schema.processlist
+              where db = database() and state = 'User lock' and info like 'call identity_identify%'`.execute(
+              admin.db,
+            );
+            assert.equal(rows.length, 1);
+            await sql`kill query ${sql.raw(String(Number(rows[0]?.id)))}`.execute(admin.db);
+            await assert.rejects(waiting);
+          } finally {
+            released.fire();
+            await holder;
+          }
+          const { rows } = await sql<{ tx: number | string; locks: number | string }>`
+            select @@in_transaction as tx, release_all_locks() as locks`.execute(database.db);
+          assert.deepEqual(
+            rows.map((row) => [Number(row.tx), Number(row.locks)]),
+            [[0, 0]],
+            `holding ${held}`,
+          );
+        }
+      });
+
+      it("runs in UTC sessions, so that daylight saving does not move its times", async () => {
+        const { database } = await open();
+        const { rows } = await sql<{ zone: string }>`
+          select @@session.time_zone as zone`.execute(database.db);
+        assert.deepEqual(rows, [{ zone: "+00:00" }]);
       });
     }
   });

@@ -36,7 +36,11 @@ import { binaryNoPadCollation } from "./mysql-parts.js";
  *
  * The locks are taken in the locked transaction's order (identifier locks, then one customer),
  * and nothing else is awaited after the customer lock, so it cannot deadlock with those
- * transactions. Any error rolls back and releases the named locks before it reaches the caller.
+ * transactions. An error rolls back and releases the named locks before it reaches the caller;
+ * an interrupted GET_LOCK (KILL QUERY, max_statement_time) aborts the CALL past its handler, so
+ * the store rolls back and releases them too. The run time is measured with SYSDATE() in the
+ * session's time zone: the service's sessions are UTC (storage/database.ts), where no daylight
+ * saving moves it.
  * Fixed statements, no dynamic SQL. The parameters carry the columns' binary NO PAD collation,
  * so that comparisons are the columns' own and use their indexes.
  */
@@ -150,6 +154,8 @@ export function createMysqlIdentify(dialect: DialectName): Migration {
             -- It writes: the identifier locks, then the customer's (only a live primary: one
             -- merged away or soft-deleted meanwhile needs the locked transaction), then the read
             -- (above), which must find the same customer, or none again.
+            -- READ COMMITTED, whatever the caller's session says (the service's already is).
+            set transaction isolation level read committed;
             start transaction;
             if coalesce(get_lock(first_lock, wait_seconds), 0) <> 1
               or coalesce(get_lock(second_lock, wait_seconds), 0) <> 1 then
