@@ -12,7 +12,7 @@
  * --out FILE.
  * Servers: BENCH_MYSQL_URL, BENCH_POSTGRES_URL, BENCH_REDIS_URL (defaults: this machine's).
  */
-import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { Agent, request } from "node:http";
 import { cpus, totalmem } from "node:os";
 import { parseArgs } from "node:util";
@@ -152,6 +152,33 @@ function cpuSeconds(pid: number): number {
   });
   return ticks / CLOCK_TICKS_PER_SECOND;
 }
+
+/**
+ * CPU time (user + system) of this machine's processes whose command name matches `name`, in
+ * seconds: the database and Redis servers, when they run here (0 when they run elsewhere). A
+ * process that exits meanwhile takes its time with it; the servers' connections stay open.
+ */
+function namedCpuSeconds(name: RegExp): number {
+  let ticks = 0;
+  for (const entry of readdirSync("/proc")) {
+    if (!/^\d+$/.test(entry)) {
+      continue;
+    }
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
+      if (name.test(stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")")))) {
+        const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+        ticks += Number(fields[11]) + Number(fields[12]);
+      }
+    } catch {
+      // the process is gone
+    }
+  }
+  return ticks / CLOCK_TICKS_PER_SECOND;
+}
+
+const DATABASE_SERVERS = /^(mariadbd|mysqld|postgres)$/;
+const REDIS_SERVER = /^redis-server$/;
 
 /** Busy CPU time of the whole machine (every process and the kernel), in seconds. */
 function machineCpuSeconds(): number {
@@ -365,6 +392,8 @@ async function load(url: string, workload: Workload, seconds: number, pid: numbe
   const cpuBefore = pid === null ? 0 : cpuSeconds(pid);
   const ownBefore = process.cpuUsage();
   const machineBefore = machineCpuSeconds();
+  const databaseBefore = namedCpuSeconds(DATABASE_SERVERS);
+  const redisBefore = namedCpuSeconds(REDIS_SERVER);
   const sampler =
     pid === null
       ? null
@@ -389,10 +418,12 @@ async function load(url: string, workload: Workload, seconds: number, pid: numbe
   const answered = result.requests.total;
   const own = process.cpuUsage(ownBefore);
   if (pid !== null && answered > 0) {
-    const machine = ((machineCpuSeconds() - machineBefore) * 1e6) / answered;
+    const perRequest = (seconds: number) => Math.round((seconds * 1e6) / answered);
     log(
-      `CPU per request: load generator ${Math.round((own.user + own.system) / answered)} µs, ` +
-        `whole machine ${Math.round(machine)} µs`,
+      `CPU per request: load generator ${perRequest((own.user + own.system) / 1e6)} µs, ` +
+        `database servers ${perRequest(namedCpuSeconds(DATABASE_SERVERS) - databaseBefore)} µs, ` +
+        `Redis ${perRequest(namedCpuSeconds(REDIS_SERVER) - redisBefore)} µs, ` +
+        `whole machine ${perRequest(machineCpuSeconds() - machineBefore)} µs`,
     );
   }
   return {
