@@ -141,40 +141,46 @@ function rssMb(pid: number): number {
   });
 }
 
+/** A process's command name and CPU ticks (user + system), from `/proc/PID/stat`. */
+function processStat(pid: number | string): { name: string; ticks: number } {
+  const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
+  // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
+  return {
+    name: stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")")),
+    ticks: Number(fields[11]) + Number(fields[12]),
+  };
+}
+
 /** CPU time (user + system) of a process and its children (the workers), in seconds. */
 function cpuSeconds(pid: number): number {
-  const ticks = sumOverTree(pid, (p) => {
-    // Fields after the command name (which may hold spaces): utime and stime are the 12th and
-    // 13th.
-    const stat = readFileSync(`/proc/${p}/stat`, "utf8");
-    const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-    return Number(fields[11]) + Number(fields[12]);
-  });
-  return ticks / CLOCK_TICKS_PER_SECOND;
+  return sumOverTree(pid, (p) => processStat(p).ticks) / CLOCK_TICKS_PER_SECOND;
 }
 
 /**
- * CPU time (user + system) of this machine's processes whose command name matches `name`, in
- * seconds: the database and Redis servers, when they run here (0 when they run elsewhere). A
- * process that exits meanwhile takes its time with it; the servers' connections stay open.
+ * CPU time (user + system), in seconds, of this machine's database servers and Redis, when they
+ * run here (0 when they run elsewhere), from one pass over `/proc`. A process that exits
+ * meanwhile takes its time with it; the servers' connections stay open.
  */
-function namedCpuSeconds(name: RegExp): number {
-  let ticks = 0;
+function serverCpuSeconds(): { database: number; redis: number } {
+  let database = 0;
+  let redis = 0;
   for (const entry of readdirSync("/proc")) {
     if (!/^\d+$/.test(entry)) {
       continue;
     }
     try {
-      const stat = readFileSync(`/proc/${entry}/stat`, "utf8");
-      if (name.test(stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")")))) {
-        const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
-        ticks += Number(fields[11]) + Number(fields[12]);
+      const { name, ticks } = processStat(entry);
+      if (DATABASE_SERVERS.test(name)) {
+        database += ticks;
+      } else if (REDIS_SERVER.test(name)) {
+        redis += ticks;
       }
     } catch {
       // the process is gone
     }
   }
-  return ticks / CLOCK_TICKS_PER_SECOND;
+  return { database: database / CLOCK_TICKS_PER_SECOND, redis: redis / CLOCK_TICKS_PER_SECOND };
 }
 
 const DATABASE_SERVERS = /^(mariadbd|mysqld|postgres)$/;
@@ -392,8 +398,7 @@ async function load(url: string, workload: Workload, seconds: number, pid: numbe
   const cpuBefore = pid === null ? 0 : cpuSeconds(pid);
   const ownBefore = process.cpuUsage();
   const machineBefore = machineCpuSeconds();
-  const databaseBefore = namedCpuSeconds(DATABASE_SERVERS);
-  const redisBefore = namedCpuSeconds(REDIS_SERVER);
+  const serversBefore = serverCpuSeconds();
   const sampler =
     pid === null
       ? null
@@ -419,10 +424,11 @@ async function load(url: string, workload: Workload, seconds: number, pid: numbe
   const own = process.cpuUsage(ownBefore);
   if (pid !== null && answered > 0) {
     const perRequest = (seconds: number) => Math.round((seconds * 1e6) / answered);
+    const servers = serverCpuSeconds();
     log(
       `CPU per request: load generator ${perRequest((own.user + own.system) / 1e6)} µs, ` +
-        `database servers ${perRequest(namedCpuSeconds(DATABASE_SERVERS) - databaseBefore)} µs, ` +
-        `Redis ${perRequest(namedCpuSeconds(REDIS_SERVER) - redisBefore)} µs, ` +
+        `database servers ${perRequest(servers.database - serversBefore.database)} µs, ` +
+        `Redis ${perRequest(servers.redis - serversBefore.redis)} µs, ` +
         `whole machine ${perRequest(machineCpuSeconds() - machineBefore)} µs`,
     );
   }

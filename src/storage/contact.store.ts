@@ -732,34 +732,38 @@ export class SqlContactStore implements ContactStore {
     const { email, phoneNumber } = request;
     const [first, second] = this.lockKeys(lockDigests(identifierKeys(request)));
     const time = new Date(now);
-    let query: CompiledQuery;
-    if (identifySimple !== null) {
-      query = identifySimple.bind([email, phoneNumber, first, second, time]);
-    } else if (callIdentify !== null) {
-      const expects = expected === null || expected.length > 1 ? 0 : 1;
-      const customer = expects === 1 ? (expected?.[0] ?? null) : null;
-      query = callIdentify.bind([email, phoneNumber, first, second, time, expects, customer]);
-    } else {
-      throw new Error("SQLite does not identify in one statement");
-    }
     let rows: SimpleRow[];
     try {
-      rows =
-        callIdentify === null
-          ? ((await this.database.db.executeQuery(query)).rows as SimpleRow[])
-          : await this.database.db.connection().execute(async (conn) => {
-              try {
-                // A CALL answers its result sets, then its status.
-                return (await conn.executeQuery(query)).rows[0] as SimpleRow[];
-              } catch (error) {
-                // The procedure's handler rolls back and releases its locks, but an interrupted
-                // GET_LOCK (KILL QUERY, max_statement_time) aborts it past the handler: the
-                // connection would go back to the pool inside its transaction, holding a lock.
-                await conn.executeQuery(ROLLBACK).catch(() => undefined);
-                await conn.executeQuery(RELEASE_LOCKS).catch(() => undefined);
-                throw error;
-              }
-            });
+      if (identifySimple !== null) {
+        const query = identifySimple.bind([email, phoneNumber, first, second, time]);
+        rows = (await this.database.db.executeQuery(query)).rows as SimpleRow[];
+      } else if (callIdentify !== null) {
+        const expects = expected === null || expected.length > 1 ? 0 : 1;
+        const customer = expects === 1 ? (expected?.[0] ?? null) : null;
+        const query = callIdentify.bind([
+          email,
+          phoneNumber,
+          first,
+          second,
+          time,
+          expects,
+          customer,
+        ]);
+        rows = await this.database.db.connection().execute(async (conn) => {
+          try {
+            // A CALL answers its result sets, then its status.
+            return (await conn.executeQuery(query)).rows[0] as SimpleRow[];
+          } catch (error) {
+            // The procedure's handler rolls back and releases its locks, but an interrupted
+            // GET_LOCK (KILL QUERY, max_statement_time) aborts it past the handler: the
+            // connection would go back to the pool inside its transaction, holding a lock.
+            await abandon((statement) => conn.executeQuery(statement), "mysql");
+            throw error;
+          }
+        });
+      } else {
+        throw new Error("SQLite does not identify in one statement");
+      }
     } catch (error) {
       // A lock that timed out (or a deadlock, which its lock order rules out): counted as a
       // retry, which the locked transaction makes.
@@ -870,12 +874,7 @@ export class SqlContactStore implements ContactStore {
       return result;
     } catch (error) {
       // Past the queue, which sends nothing after a failure.
-      await send(ROLLBACK).catch(() => undefined);
-      if (dialect === "mysql") {
-        // Named locks belong to the session, not the transaction: identity_commit releases
-        // them after COMMIT, and this after a failure.
-        await send(RELEASE_LOCKS).catch(() => undefined);
-      }
+      await abandon(send, dialect);
       throw error;
     }
   }
@@ -932,6 +931,18 @@ function lockDigests(identifierKeys: readonly string[]): string[] {
     throw new Error("a request has at most two identifiers");
   }
   return digests;
+}
+
+/**
+ * After a failure on a pinned connection: ROLLBACK and, on MySQL/MariaDB, the release of the
+ * named locks, which belong to the session, not the transaction (identity_commit releases them
+ * after COMMIT). Errors are ignored: the caller reports the failure that brought it here.
+ */
+async function abandon(send: Send, dialect: DialectName): Promise<void> {
+  await send(ROLLBACK).catch(() => undefined);
+  if (dialect === "mysql") {
+    await send(RELEASE_LOCKS).catch(() => undefined);
+  }
 }
 
 /** The servers' COMMIT: on MySQL/MariaDB with the release of the named locks. */

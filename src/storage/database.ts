@@ -246,15 +246,15 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Create
             await connection.executeQuery(
               CompiledQuery.raw("set session transaction isolation level read committed"),
             );
-            await connection.executeQuery(
-              CompiledQuery.raw(
-                `set session innodb_lock_wait_timeout = ${lockTimeoutSeconds(options)}`,
-              ),
-            );
             // UTC, as mysql2 sends and reads times (`timezone: "Z"`): identity_identify measures
             // its own run time with SYSDATE(), which in a zone with daylight saving would be an
             // hour off across the change (migration 0007).
-            await connection.executeQuery(CompiledQuery.raw("set session time_zone = '+00:00'"));
+            await connection.executeQuery(
+              CompiledQuery.raw(
+                `set session innodb_lock_wait_timeout = ${lockTimeoutSeconds(options)}, ` +
+                  "session time_zone = '+00:00'",
+              ),
+            );
           },
         }),
         poolStats: () => mysqlPoolStats(pool),

@@ -59,6 +59,32 @@ function generator(seed: number): () => number {
   };
 }
 
+/**
+ * Runs `work` while a locked transaction of `store` holds the identifier locks of `keys` (and no
+ * customer's); the transaction ends, having written nothing, once `work` settles.
+ */
+async function whileLocked<T>(
+  store: SqlContactStore,
+  keys: readonly string[],
+  request: IdentifyRequest,
+  work: () => Promise<T>,
+): Promise<T> {
+  const released = signal();
+  const locked = signal();
+  const holder = store.withLockedTransaction(keys, async (tx) => {
+    await tx.lockAndFind([], request);
+    locked.fire();
+    await released.fired;
+  });
+  try {
+    await locked.fired;
+    return await work();
+  } finally {
+    released.fire();
+    await holder;
+  }
+}
+
 /** How many statements are waiting for a lock in `database` (a row lock, or a named one). */
 async function waitingForLocks(database: Database): Promise<number> {
   if (database.dialect === "postgres") {
@@ -324,21 +350,10 @@ for (const { dialect, name } of SERVERS.filter((server) =>
       const { database } = await open(200);
       const store = new SqlContactStore(database);
       const request = { email: "marty@example.com", phoneNumber: "5551985" };
-      const released = signal();
-      const locked = signal();
-      const holder = store.withLockedTransaction(identifierKeys(request), async (tx) => {
-        await tx.lockAndFind([], request);
-        locked.fire();
-        await released.fired;
-      });
-      try {
-        await locked.fired;
+      await whileLocked(store, identifierKeys(request), request, async () => {
         assert.equal(await store.identifySimple(request, Date.now()), null);
         assert.deepEqual(await allContacts(database), []);
-      } finally {
-        released.fire();
-        await holder;
-      }
+      });
     });
 
     if (dialect === "postgres") {
@@ -466,15 +481,7 @@ for (const { dialect, name } of SERVERS.filter((server) =>
         const request = { email: "doc@example.com", phoneNumber: "5551955" };
         // Another instance holds one of the request's two identifier locks.
         for (const held of identifierKeys(request)) {
-          const released = signal();
-          const locked = signal();
-          const holder = new SqlContactStore(admin).withLockedTransaction([held], async (tx) => {
-            await tx.lockAndFind([], request);
-            locked.fire();
-            await released.fired;
-          });
-          try {
-            await locked.fired;
+          await whileLocked(new SqlContactStore(admin), [held], request, async () => {
             const waiting = new SqlContactStore(database).identifySimple(request, Date.now());
             await someoneWaits(admin);
             // An operator's KILL QUERY, or max_statement_time: GET_LOCK answers NULL, and the
@@ -487,10 +494,7 @@ for (const { dialect, name } of SERVERS.filter((server) =>
             assert.equal(rows.length, 1);
             await sql`kill query ${sql.raw(String(Number(rows[0]?.id)))}`.execute(admin.db);
             await assert.rejects(waiting);
-          } finally {
-            released.fire();
-            await holder;
-          }
+          });
           const { rows } = await sql<{ tx: number | string; locks: number | string }>`
             select @@in_transaction as tx, release_all_locks() as locks`.execute(database.db);
           assert.deepEqual(
