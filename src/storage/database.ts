@@ -177,6 +177,7 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Create
     case "sqlite": {
       if (target.path !== ":memory:") {
         mkdirSync(dirname(target.path), { recursive: true });
+        dropSampleStatistics(target.path, options.lockTimeoutMs);
       }
       const database = new SqliteDatabase(target.path);
       database.pragma("journal_mode = WAL");
@@ -420,6 +421,29 @@ function preparingPool(pool: MysqlPool): KyselyMysqlPool {
       pool.end(callback);
     },
   };
+}
+
+/**
+ * Drops `sqlite_stat4`, which `ANALYZE` and `PRAGMA optimize` write (better-sqlite3's SQLite is
+ * built with STAT4). While a connection holds its samples, SQLite plans a statement again whenever
+ * a value bound to an indexed column changes: every execution of the service's statements, each
+ * served by an index whatever the values (test/storage/statements.test.ts), so the samples could
+ * only slow them (README, Speed). Dropped on a connection of its own: one that loaded the samples
+ * keeps them after the drop. `sqlite_stat1`, which plans without the values, stays.
+ */
+function dropSampleStatistics(path: string, busyTimeoutMs: number): void {
+  const connection = new SqliteDatabase(path);
+  try {
+    connection.pragma(`busy_timeout = ${busyTimeoutMs}`);
+    const sampled = connection
+      .prepare("select 1 from sqlite_schema where type = 'table' and name = 'sqlite_stat4'")
+      .get();
+    if (sampled !== undefined) {
+      connection.exec("drop table sqlite_stat4");
+    }
+  } finally {
+    connection.close();
+  }
 }
 
 /**
