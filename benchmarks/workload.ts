@@ -7,8 +7,10 @@ export interface Body {
 }
 
 interface Person {
-  emails: string[];
-  phones: string[];
+  readonly emails: string[];
+  readonly phones: string[];
+  /** The person this one was merged into by a bridge (its identifiers went there). */
+  into?: Person;
 }
 
 /** Shares of each kind of request; they add up to 1. */
@@ -102,12 +104,21 @@ export class Workload {
     return this.people;
   }
 
+  /** A person picked at random, as the customer it belongs to now (after the bridges). */
+  private pickCustomer(): Person {
+    let person = this.pick(this.people);
+    while (person.into !== undefined) {
+      person = person.into;
+    }
+    return person;
+  }
+
   /** The next request of the mix. */
   next(): Body {
     const roll = this.random();
     const mix = this.mix;
     if (roll < mix.repeat) {
-      const person = this.pick(this.people);
+      const person = this.pickCustomer();
       const shape = this.random();
       if (shape < 0.6) {
         return { email: this.pick(person.emails), phoneNumber: this.pick(person.phones) };
@@ -117,7 +128,7 @@ export class Workload {
         : { phoneNumber: this.pick(person.phones) };
     }
     if (roll < mix.repeat + mix.newInfo) {
-      const person = this.pick(this.people);
+      const person = this.pickCustomer();
       if (this.random() < 0.5) {
         const phoneNumber = this.newPhone();
         const email = this.pick(person.emails);
@@ -134,14 +145,16 @@ export class Workload {
       this.people.push(person);
       return { email: person.emails[0], phoneNumber: person.phones[0] };
     }
-    const a = this.pick(this.people);
-    const b = this.pick(this.people);
+    const a = this.pickCustomer();
+    const b = this.pickCustomer();
     const body = { email: this.pick(a.emails), phoneNumber: this.pick(b.phones) };
     if (a !== b) {
+      // One customer now: b's identifiers join a's, and b's people answer as a from now on
+      // (sharing b's arrays instead would push an array into itself at the next bridge of two
+      // people already merged, doubling it each time).
       a.emails.push(...b.emails);
       a.phones.push(...b.phones);
-      b.emails = a.emails;
-      b.phones = a.phones;
+      b.into = a;
     }
     return body;
   }
