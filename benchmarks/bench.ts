@@ -142,13 +142,15 @@ function rssMb(pid: number): number {
 }
 
 /** A process's command name and CPU ticks (user + system), from `/proc/PID/stat`. */
-function processStat(pid: number | string): { name: string; ticks: number } {
+function processStat(pid: number | string): { name: string; ticks: number; reaped: number } {
   const stat = readFileSync(`/proc/${pid}/stat`, "utf8");
-  // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th.
+  // Fields after the command name (which may hold spaces): utime and stime are the 12th and 13th,
+  // cutime and cstime (of the children that ended and were waited for) the 14th and 15th.
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ");
   return {
     name: stat.slice(stat.indexOf("(") + 1, stat.lastIndexOf(")")),
     ticks: Number(fields[11]) + Number(fields[12]),
+    reaped: Number(fields[13]) + Number(fields[14]),
   };
 }
 
@@ -159,8 +161,9 @@ function cpuSeconds(pid: number): number {
 
 /**
  * CPU time (user + system), in seconds, of this machine's database servers and Redis, when they
- * run here (0 when they run elsewhere), from one pass over `/proc`. A process that exits
- * meanwhile takes its time with it; the servers' connections stay open.
+ * run here (0 when they run elsewhere), from one pass over `/proc`. A server process that ended
+ * counts through its parent's time of reaped children (PostgreSQL's postmaster waits for each
+ * backend), so a connection closed meanwhile does not take its time with it.
  */
 function serverCpuSeconds(): { database: number; redis: number } {
   let database = 0;
@@ -170,11 +173,11 @@ function serverCpuSeconds(): { database: number; redis: number } {
       continue;
     }
     try {
-      const { name, ticks } = processStat(entry);
+      const { name, ticks, reaped } = processStat(entry);
       if (DATABASE_SERVERS.test(name)) {
-        database += ticks;
+        database += ticks + reaped;
       } else if (REDIS_SERVER.test(name)) {
-        redis += ticks;
+        redis += ticks + reaped;
       }
     } catch {
       // the process is gone

@@ -428,8 +428,8 @@ function preparingPool(pool: MysqlPool): KyselyMysqlPool {
  * built with STAT4). While a connection holds its samples, SQLite plans a statement again whenever
  * a value bound to an indexed column changes: every execution of the service's statements, each
  * served by an index whatever the values (test/storage/statements.test.ts), so the samples could
- * only slow them (README, Speed). Dropped on a connection of its own: one that loaded the samples
- * keeps them after the drop. `sqlite_stat1`, which plans without the values, stays.
+ * only slow them (README, Benchmark). Dropped on a connection of its own: one that loaded the
+ * samples keeps them after the drop. `sqlite_stat1`, which plans without the values, stays.
  */
 function dropSampleStatistics(path: string, busyTimeoutMs: number): void {
   const connection = new SqliteDatabase(path);
