@@ -210,6 +210,13 @@ export async function createDeps(config: Config, logger: FastifyBaseLogger): Pro
         "SQLite checkpointer thread failed; the connection checkpoints by itself",
       );
     },
+    onSampleStatisticsKept: (error) => {
+      logger.warn(
+        { reason: error.message },
+        "SQLite's sqlite_stat4 (written by ANALYZE) could not be dropped: every statement is " +
+          "planned again at each execution until it is",
+      );
+    },
   });
   try {
     const applied = await migrateAtStart(database);

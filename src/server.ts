@@ -113,6 +113,7 @@ async function runServer(config: Config, logger: Logger): Promise<void> {
  * worker that dies, aggregates their metrics, and on SIGTERM/SIGINT stops them all gracefully.
  */
 async function runPrimary(config: Config, logger: Logger): Promise<void> {
+  // The workers each drop SQLite's sqlite_stat4 as they open the file, and warn if they cannot.
   const database = openDatabase(config.database, {
     poolSize: 1,
     lockTimeoutMs: config.databaseLockTimeoutMs,

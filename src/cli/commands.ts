@@ -121,11 +121,12 @@ function parseOptions<T extends Options>(command: string, args: readonly string[
   }
 }
 
-function database(config: Config): Database {
+function database(config: Config, readOnly = false): Database {
   return openDatabase(config.database, {
     poolSize: 1,
     lockTimeoutMs: config.databaseLockTimeoutMs,
     sqliteSynchronous: config.sqliteSynchronous,
+    readOnly,
   });
 }
 
@@ -140,7 +141,7 @@ function openExisting(config: Config): Database {
       `DATABASE_URL: sqlite:${target.path} does not exist (identity migrate creates it)`,
     );
   }
-  return database(config);
+  return database(config, true);
 }
 
 /** Runs `read` on an open database, phrasing a failure (an unmigrated schema included) as a line. */

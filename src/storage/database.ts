@@ -48,6 +48,16 @@ export interface DatabaseOptions {
   readonly onCheckpointError?: (error: Error) => void;
   /** Told when the server drops an idle pooled connection (PostgreSQL); nothing is lost. */
   readonly onIdleConnectionError?: (error: Error) => void;
+  /**
+   * SQLite only: the caller only reads, so the file is left as it is (`sqlite_stat4` is not
+   * dropped; see dropSampleStatistics).
+   */
+  readonly readOnly?: boolean;
+  /**
+   * Told when SQLite's `sqlite_stat4` could not be dropped (a read-only file, a write lock held
+   * past the lock timeout); the database opens anyway, with statements planned at each execution.
+   */
+  readonly onSampleStatisticsKept?: (error: Error) => void;
 }
 
 /** Connections of a pool: open and busy, open and idle, and requests waiting for one. */
@@ -177,7 +187,13 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Create
     case "sqlite": {
       if (target.path !== ":memory:") {
         mkdirSync(dirname(target.path), { recursive: true });
-        dropSampleStatistics(target.path, options.lockTimeoutMs);
+        if (options.readOnly !== true) {
+          try {
+            dropSampleStatistics(target.path, options.lockTimeoutMs);
+          } catch (error) {
+            options.onSampleStatisticsKept?.(asError(error));
+          }
+        }
       }
       const database = new SqliteDatabase(target.path);
       database.pragma("journal_mode = WAL");
@@ -327,7 +343,7 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Create
               // A connection with statements still unanswered, or whose transaction could not be
               // ended, must not go back to the pool.
               if (pending > 0 || client.getTransactionStatus() !== "I") {
-                broken = error instanceof Error ? error : new Error(String(error));
+                broken = asError(error);
               }
               throw error;
             } finally {
@@ -424,26 +440,28 @@ function preparingPool(pool: MysqlPool): KyselyMysqlPool {
 }
 
 /**
- * Drops `sqlite_stat4`, which `ANALYZE` and `PRAGMA optimize` write (better-sqlite3's SQLite is
- * built with STAT4). While a connection holds its samples, SQLite plans a statement again whenever
- * a value bound to an indexed column changes: every execution of the service's statements, each
- * served by an index whatever the values (test/storage/statements.test.ts), so the samples could
- * only slow them (README, Benchmark). Dropped on a connection of its own: one that loaded the
- * samples keeps them after the drop. `sqlite_stat1`, which plans without the values, stays.
+ * Drops `sqlite_stat4`, which `ANALYZE` writes (and `PRAGMA optimize` when told to analyze without
+ * a limit; better-sqlite3's SQLite is built with STAT4). While a connection holds its samples,
+ * SQLite plans a statement again whenever a value bound to an indexed column changes: every
+ * execution of the service's statements, each served by an index whatever the values
+ * (test/storage/statements.test.ts), so the samples could only slow them (README, Benchmark).
+ * Dropped on a connection of its own: the connection that drops them keeps them loaded (another
+ * connection reloads its statistics when it sees the schema change). One statement, so that two
+ * processes opening the file at once cannot both find the table and one fail to drop it; with no
+ * table it takes no write lock. `sqlite_stat1`, which plans without the values, stays.
  */
 function dropSampleStatistics(path: string, busyTimeoutMs: number): void {
   const connection = new SqliteDatabase(path);
   try {
     connection.pragma(`busy_timeout = ${busyTimeoutMs}`);
-    const sampled = connection
-      .prepare("select 1 from sqlite_schema where type = 'table' and name = 'sqlite_stat4'")
-      .get();
-    if (sampled !== undefined) {
-      connection.exec("drop table sqlite_stat4");
-    }
+    connection.exec("drop table if exists sqlite_stat4");
   } finally {
     connection.close();
   }
+}
+
+function asError(error: unknown): Error {
+  return error instanceof Error ? error : new Error(String(error));
 }
 
 /**

@@ -5,17 +5,18 @@ import { sql } from "kysely";
 import { NoCache } from "../../src/cache/customer-cache.js";
 import { IdentifyService } from "../../src/service/identify.service.js";
 import { SqlContactStore } from "../../src/storage/contact.store.js";
+import { openDatabase } from "../../src/storage/database.js";
 import { createTestDatabase, openMigrated } from "../support/databases.js";
 import type { TestDatabase } from "../support/databases.js";
 
-/**
- * `ANALYZE` (and `PRAGMA optimize`, when it analyzes) writes `sqlite_stat4`, whose samples make
- * SQLite plan each of the service's statements again at every execution. Opening the database
- * drops it, before the service's connection loads them (storage/database.ts).
- */
 const COMMON = 1;
 const RARE = 1950;
 
+/**
+ * `ANALYZE` (and `PRAGMA optimize` told to analyze without a limit) writes `sqlite_stat4`, whose
+ * samples make SQLite plan each of the service's statements again at every execution. Opening the
+ * database drops it, before the service's connection loads them (storage/database.ts).
+ */
 describe("SQLite statistics", () => {
   let test: TestDatabase;
   let path: string;
@@ -103,6 +104,49 @@ describe("SQLite statistics", () => {
       assert.deepEqual(result.customer.emails, ["stat3@example.com", "stat3b@example.com"]);
       assert.deepEqual(result.customer.phoneNumbers, ["+15550003"]);
       assert.equal(result.customer.secondaryContactIds.length, 1);
+    } finally {
+      await database.destroy();
+    }
+  });
+
+  it("leaves the samples to a caller that only reads (the CLI's lookups)", async () => {
+    statistics((raw) => raw.exec("analyze"));
+    const database = openDatabase(test.target, {
+      poolSize: 1,
+      lockTimeoutMs: 5000,
+      readOnly: true,
+    });
+    try {
+      assert.ok((statistics().sqlite_stat4 ?? 0) > 0);
+    } finally {
+      await database.destroy();
+    }
+  });
+
+  it("opens and answers, and says so, when another process holds the write lock past the lock timeout", async () => {
+    statistics((raw) => raw.exec("analyze"));
+    const holder = new SqliteDatabase(path);
+    const kept: Error[] = [];
+    let database;
+    try {
+      holder.exec("begin immediate");
+      database = openDatabase(test.target, {
+        poolSize: 1,
+        lockTimeoutMs: 100,
+        onSampleStatisticsKept: (error) => kept.push(error),
+      });
+    } finally {
+      holder.exec("rollback");
+      holder.close();
+    }
+    try {
+      assert.equal(kept.length, 1);
+      assert.match(kept[0]?.message ?? "", /locked|busy/i);
+      assert.ok((statistics().sqlite_stat4 ?? 0) > 0);
+      const service = new IdentifyService(new SqlContactStore(database), new NoCache());
+      const result = await service.identify({ email: "stat4@example.com", phoneNumber: null });
+      assert.equal(result.outcome, "unchanged");
+      assert.deepEqual(result.customer.phoneNumbers, ["+15550004"]);
     } finally {
       await database.destroy();
     }
