@@ -19,6 +19,17 @@ export interface ServerProcess {
 
 const ROOT = new URL("../../", import.meta.url).pathname;
 
+/**
+ * Servers started and not yet exited. Killed when this process exits however it ends (an uncaught
+ * error included), so that no server outlives the test run or the benchmark that started it.
+ */
+const running = new Set<ChildProcess>();
+process.once("exit", () => {
+  for (const child of running) {
+    child.kill("SIGKILL");
+  }
+});
+
 /** The server entry point run through tsx, as the tests start it. */
 export const SERVER_ENTRY = ["--import", "tsx", "src/server.ts"];
 
@@ -36,6 +47,8 @@ export async function startServer(
     env: { ...process.env, PORT: "0", LOG_LEVEL: "info", ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
+  running.add(child);
+  child.once("exit", () => running.delete(child));
   const lines: string[] = [];
   const errors: string[] = [];
   createInterface({ input: child.stderr }).on("line", (line) => errors.push(line));
