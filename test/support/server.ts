@@ -20,8 +20,9 @@ export interface ServerProcess {
 const ROOT = new URL("../../", import.meta.url).pathname;
 
 /**
- * Servers started and not yet exited. Killed when this process exits however it ends (an uncaught
- * error included), so that no server outlives the test run or the benchmark that started it.
+ * Processes started here and not yet exited. Killed when this process exits however it ends (an
+ * uncaught error included), so that no server outlives the test run or the benchmark that
+ * started it.
  */
 const running = new Set<ChildProcess>();
 process.once("exit", () => {
@@ -29,6 +30,18 @@ process.once("exit", () => {
     child.kill("SIGKILL");
   }
 });
+
+/** Spawns `node <entry>` in the project's root with `env` added, its output piped. */
+function spawnNode(entry: readonly string[], env: Record<string, string>) {
+  const child = spawn(process.execPath, entry, {
+    cwd: ROOT,
+    env: { ...process.env, ...env },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  running.add(child);
+  child.once("exit", () => running.delete(child));
+  return child;
+}
 
 /** The server entry point run through tsx, as the tests start it. */
 export const SERVER_ENTRY = ["--import", "tsx", "src/server.ts"];
@@ -42,13 +55,7 @@ export async function startServer(
   env: Record<string, string>,
   entry: readonly string[] = SERVER_ENTRY,
 ): Promise<ServerProcess> {
-  const child = spawn(process.execPath, entry, {
-    cwd: ROOT,
-    env: { ...process.env, PORT: "0", LOG_LEVEL: "info", ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
-  running.add(child);
-  child.once("exit", () => running.delete(child));
+  const child = spawnNode(entry, { PORT: "0", LOG_LEVEL: "info", ...env });
   const lines: string[] = [];
   const errors: string[] = [];
   createInterface({ input: child.stderr }).on("line", (line) => errors.push(line));
@@ -92,11 +99,7 @@ async function runToExit(
   env: Record<string, string>,
   timeoutMs = 20000,
 ): Promise<Exited> {
-  const child = spawn(process.execPath, entry, {
-    cwd: ROOT,
-    env: { ...process.env, ...env },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+  const child = spawnNode(entry, env);
   let stdout = "";
   let stderr = "";
   child.stdout.on("data", (chunk: Buffer) => (stdout += chunk.toString()));
