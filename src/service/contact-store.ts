@@ -87,8 +87,8 @@ export interface ContactStore extends ContactReader {
    * moved under its locks, a lock that timed out): the caller goes on as without it. `now` is
    * the creation time of a row it inserts (a secondary's is never older than its customer's
    * newest row). `expected`, when known, is the request's customer as the caller saw it (its
-   * primary id; none: empty): a store may then lock first and read only under the locks
-   * (MySQL/MariaDB), and a write found there for another customer than the one expected leaves
+   * primary id; none: empty): the servers' statements then lock first and read only under the
+   * locks (migrations 0007 and 0008), and a write found there for another customer than the one expected leaves
    * the request to the caller (a customer that already holds the request's values is answered).
    * Only where `identifiesSimpleRequests`.
    */

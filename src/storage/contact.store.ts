@@ -150,10 +150,19 @@ interface Statements {
   readonly lockIdentifiers: FixedStatement<[first: string, second: string]> | null;
   /**
    * PostgreSQL only (null elsewhere): a request that involves at most one customer, reconciled in
-   * one statement, the function `identity_identify` (migration 0006).
+   * one statement, the function `identity_identify` (migration 0006), told the customer to expect
+   * (migration 0008).
    */
   readonly identifySimple: FixedStatement<
-    [email: string | null, phoneNumber: string | null, first: string, second: string, now: Date]
+    [
+      email: string | null,
+      phoneNumber: string | null,
+      first: string,
+      second: string,
+      now: Date,
+      expects: boolean,
+      expected: number | null,
+    ]
   > | null;
   /**
    * MySQL/MariaDB only (null elsewhere): the same in one CALL of the procedure
@@ -335,9 +344,17 @@ function compileStatements(
   const identifySimple =
     dialect === "postgres"
       ? FixedStatement.compile(
-          5,
-          (email: string | null, phone: string | null, first: string, second: string, now: Date) =>
-            sql`select * from identity_identify(${email}, ${phone}, ${first}::bigint, ${second}::bigint, ${now})`.compile(
+          7,
+          (
+            email: string | null,
+            phone: string | null,
+            first: string,
+            second: string,
+            now: Date,
+            expects: boolean,
+            expected: number | null,
+          ) =>
+            sql`select * from identity_identify(${email}, ${phone}, ${first}::bigint, ${second}::bigint, ${now}, ${expects}::boolean, ${expected}::integer)`.compile(
               db,
             ),
         )
@@ -732,21 +749,30 @@ export class SqlContactStore implements ContactStore {
     const { email, phoneNumber } = request;
     const [first, second] = this.lockKeys(lockDigests(identifierKeys(request)));
     const time = new Date(now);
+    // Told one customer (or none): the statement locks first and reads under the locks only.
+    const expects = expected !== null && expected.length <= 1;
+    const customer = expects ? (expected[0] ?? null) : null;
     let rows: SimpleRow[];
     try {
       if (identifySimple !== null) {
-        const query = identifySimple.bind([email, phoneNumber, first, second, time]);
-        rows = (await this.database.db.executeQuery(query)).rows as SimpleRow[];
-      } else if (callIdentify !== null) {
-        const expects = expected === null || expected.length > 1 ? 0 : 1;
-        const customer = expects === 1 ? (expected?.[0] ?? null) : null;
-        const query = callIdentify.bind([
+        const query = identifySimple.bind([
           email,
           phoneNumber,
           first,
           second,
           time,
           expects,
+          customer,
+        ]);
+        rows = (await this.database.db.executeQuery(query)).rows as SimpleRow[];
+      } else if (callIdentify !== null) {
+        const query = callIdentify.bind([
+          email,
+          phoneNumber,
+          first,
+          second,
+          time,
+          expects ? 1 : 0,
           customer,
         ]);
         rows = await this.database.db.connection().execute(async (conn) => {

@@ -9,6 +9,7 @@ import { createMysqlProcedures } from "./migrations/0004-create-mysql-procedures
 import { lockOnlyPrimaries } from "./migrations/0005-lock-only-primaries.js";
 import { createPostgresIdentify } from "./migrations/0006-create-postgres-identify.js";
 import { createMysqlIdentify } from "./migrations/0007-create-mysql-identify.js";
+import { createPostgresIdentifyExpected } from "./migrations/0008-postgres-identify-expected.js";
 
 /** Every migration, in order. Names are frozen once released. */
 function migrations(dialect: Database["dialect"]): Record<string, Migration> {
@@ -20,6 +21,7 @@ function migrations(dialect: Database["dialect"]): Record<string, Migration> {
     "0005-lock-only-primaries": lockOnlyPrimaries(dialect),
     "0006-create-postgres-identify": createPostgresIdentify(dialect),
     "0007-create-mysql-identify": createMysqlIdentify(dialect),
+    "0008-postgres-identify-expected": createPostgresIdentifyExpected(dialect),
   };
 }
 

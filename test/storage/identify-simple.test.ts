@@ -125,7 +125,10 @@ const EACH_OUTCOME_ANSWERS = [
 ];
 
 const SERVERS = [
-  { dialect: "postgres", name: "PostgreSQL's identity_identify function (migration 0006)" },
+  {
+    dialect: "postgres",
+    name: "PostgreSQL's identity_identify function (migrations 0006 and 0008)",
+  },
   { dialect: "mysql", name: "MySQL/MariaDB's identity_identify procedure (migration 0007)" },
 ] as const;
 
@@ -268,8 +271,8 @@ for (const { dialect, name } of SERVERS.filter((server) =>
       return waiting;
     }
 
-    // Told what to expect, MySQL/MariaDB's procedure locks before it reads; PostgreSQL's
-    // function reads first either way.
+    // Told what to expect, the procedure and the function (migrations 0007 and 0008) lock
+    // before they read.
     for (const told of [false, true]) {
       const expecting = told ? ", told what to expect" : "";
 
@@ -323,6 +326,32 @@ for (const { dialect, name } of SERVERS.filter((server) =>
         );
       });
     }
+
+    it("leaves a write to the locked transaction when what it was told to expect is stale", async () => {
+      const { database } = await open();
+      const store = new SqlContactStore(database);
+      const doc = await store.identifySimple(
+        { email: "doc@example.com", phoneNumber: "5551955" },
+        Date.now(),
+      );
+      assert.equal(doc?.outcome, "created");
+      const request = { email: "marty@example.com", phoneNumber: "5551955" };
+      // Told no customer (a cache that knew none), it locks none, then finds doc's customer.
+      assert.equal(await store.identifySimple(request, Date.now(), []), null);
+      // Told another customer than the request's (a lead from a stale entry): not locked either.
+      assert.equal(await store.identifySimple(request, Date.now(), [doc.primaryId + 1]), null);
+      assert.equal((await allContacts(database)).length, 1);
+      // Told the right one, or nothing: it writes.
+      const added = await store.identifySimple(request, Date.now(), [doc.primaryId]);
+      assert.equal(added?.outcome, "secondary_added");
+      assert.deepEqual(
+        (await allContacts(database)).map((row) => [row.email, row.linkedId]),
+        [
+          ["doc@example.com", null],
+          ["marty@example.com", doc.primaryId],
+        ],
+      );
+    });
 
     it("never makes a secondary older than its customer's newest row", async () => {
       const { database } = await open();
@@ -384,6 +413,26 @@ for (const { dialect, name } of SERVERS.filter((server) =>
             outcomes.push((rows as { outcome: string }[])[0]?.outcome);
           }
           assert.deepEqual(outcomes, EACH_OUTCOME_ANSWERS);
+          // Told what to expect (migration 0008): locks first, reads under the locks only.
+          const told = async (email: string, phone: string, expected: number | null) => {
+            const { rows } = await client.query(
+              "select id, outcome from identity_identify($1, $2, 1, 2, now(), true, $3)",
+              [email, phone, expected],
+            );
+            const [row] = rows as { id: number | null; outcome: string }[];
+            return { outcome: row?.outcome, id: row?.id ?? null };
+          };
+          const created = await told("d@example.com", "5550003", null);
+          assert.deepEqual(
+            [
+              created.outcome,
+              (await told("e@example.com", "5550003", created.id)).outcome,
+              (await told("d@example.com", "5550003", created.id)).outcome,
+              // A stale expectation: the request's customer exists.
+              (await told("f@example.com", "5550003", null)).outcome,
+            ],
+            ["created", "secondary_added", "unchanged", "fallback"],
+          );
           const inner = plans.filter(
             (plan) => /"Contact"/.test(plan) && !/identity_identify/.test(plan),
           );

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { createHash } from "node:crypto";
 import { after, before, describe, it } from "node:test";
 import { sql } from "kysely";
 import { NoCache } from "../../src/cache/customer-cache.js";
@@ -10,6 +11,8 @@ import { migrateToLatest } from "../../src/storage/migrate.js";
 import { createContact } from "../../src/storage/migrations/0001-create-contact.js";
 import { createContactMerge } from "../../src/storage/migrations/0002-create-contact-merge.js";
 import { createMysqlProcedures } from "../../src/storage/migrations/0004-create-mysql-procedures.js";
+import { createPostgresIdentifyExpected } from "../../src/storage/migrations/0008-postgres-identify-expected.js";
+import { identifyFunction } from "../../src/storage/migrations/postgres-parts.js";
 import { createTestDatabase, databaseForSuite, dialectsUnderTest } from "../support/databases.js";
 import { runMigrate } from "../support/server.js";
 import type { TestDatabase } from "../support/databases.js";
@@ -43,7 +46,7 @@ for (const dialect of dialectsUnderTest()) {
       );
       const outputs = runs.map((run) => run.stdout.trim().replace(/^.*: /, "")).sort();
       assert.deepEqual(outputs, [
-        "applied 0001-create-contact, 0002-create-contact-merge, 0003-create-customer-answer, 0004-create-mysql-procedures, 0005-lock-only-primaries, 0006-create-postgres-identify, 0007-create-mysql-identify",
+        "applied 0001-create-contact, 0002-create-contact-merge, 0003-create-customer-answer, 0004-create-mysql-procedures, 0005-lock-only-primaries, 0006-create-postgres-identify, 0007-create-mysql-identify, 0008-postgres-identify-expected",
         "schema is up to date",
         "schema is up to date",
       ]);
@@ -142,8 +145,54 @@ for (const dialect of dialectsUnderTest()) {
           .execute(),
       );
     });
+
+    if (dialect === "postgres") {
+      it("keeps migration 0006's identity_identify beside 0008's, for instances not yet upgraded", async () => {
+        const database = open();
+        const functions = await sql<{ args: number }>`
+          select pronargs as args from pg_proc
+          where proname = 'identity_identify' order by pronargs`.execute(database.db);
+        assert.deepEqual(
+          functions.rows.map((row) => row.args),
+          [5, 7],
+        );
+        // An instance of the build before 0008 sends the five-parameter call.
+        const created = await sql<{ id: number; outcome: string }>`
+          select id, outcome from identity_identify('older@example.com', null, 1, 2, now())`.execute(
+          database.db,
+        );
+        assert.deepEqual(
+          created.rows.map((row) => row.outcome),
+          ["created"],
+        );
+        // Undone, 0008 drops only its own function.
+        const migration = createPostgresIdentifyExpected("postgres");
+        await migration.down?.(database.db);
+        const left = await sql<{ args: number }>`
+          select pronargs as args from pg_proc where proname = 'identity_identify'`.execute(
+          database.db,
+        );
+        assert.deepEqual(
+          left.rows.map((row) => row.args),
+          [5],
+        );
+        await migration.up(database.db);
+      });
+    }
   });
 }
+
+describe("migration helpers", () => {
+  it("still create PostgreSQL's identity_identify of migration 0006 to the letter", () => {
+    // Migration 0006 takes its function's text from postgres-parts.ts, which 0008 shares: the
+    // digest of the text 0006 created when it was released.
+    assert.equal(
+      createHash("sha256").update(identifyFunction(false)).digest("hex"),
+      "e52641deb2188df4a00f8f96ded6cc45b133a97e4e48691a1bd4122610625c83",
+    );
+    assert.notEqual(identifyFunction(true), identifyFunction(false));
+  });
+});
 
 if (dialectsUnderTest().includes("mysql")) {
   describe("the MySQL/MariaDB migration after an interrupted run (each DDL statement commits alone)", () => {
@@ -197,6 +246,7 @@ if (dialectsUnderTest().includes("mysql")) {
         "0005-lock-only-primaries",
         "0006-create-postgres-identify",
         "0007-create-mysql-identify",
+        "0008-postgres-identify-expected",
       ]);
       assert.deepEqual(await schemaObjects(), complete);
       assert.deepEqual(complete, [
@@ -223,6 +273,7 @@ if (dialectsUnderTest().includes("mysql")) {
           "0005-lock-only-primaries",
           "0006-create-postgres-identify",
           "0007-create-mysql-identify",
+          "0008-postgres-identify-expected",
         ]);
         assert.deepEqual(await schemaObjects(resumed, "ContactMerge"), [
           "ContactMerge_check",
@@ -248,6 +299,7 @@ if (dialectsUnderTest().includes("mysql")) {
           "0005-lock-only-primaries",
           "0006-create-postgres-identify",
           "0007-create-mysql-identify",
+          "0008-postgres-identify-expected",
         ]);
         const procedures = await sql<{ name: string }>`
           select routine_name as name from information_schema.routines

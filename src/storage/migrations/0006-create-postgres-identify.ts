@@ -1,6 +1,7 @@
 import { sql } from "kysely";
 import type { Kysely, Migration } from "kysely";
 import type { DialectName } from "../database.js";
+import { identifyFunction } from "./postgres-parts.js";
 
 /**
  * PostgreSQL only: `identity_identify`, which reconciles a request that involves at most one
@@ -40,131 +41,7 @@ export function createPostgresIdentify(dialect: DialectName): Migration {
       if (dialect !== "postgres") {
         return;
       }
-      await sql`
-        create function identity_identify(
-          request_email varchar,
-          request_phone varchar,
-          first_lock bigint,
-          second_lock bigint,
-          request_time timestamptz
-        )
-        returns table (
-          id integer,
-          email varchar,
-          "phoneNumber" varchar,
-          "linkedId" integer,
-          "linkPrecedence" varchar,
-          "createdAt" timestamptz,
-          outcome text
-        )
-        language plpgsql
-        as $$
-        #variable_conflict use_column
-        declare
-          r "Contact";
-          found_rows "Contact"[];
-          primaries integer[];
-          customer integer;
-          several boolean;
-          has_email boolean;
-          has_phone boolean;
-          newest timestamptz;
-          locked boolean := false;
-          locked_customer integer;
-        begin
-          loop
-            found_rows := '{}';
-            primaries := '{}';
-            customer := null;
-            several := false;
-            has_email := request_email is null;
-            has_phone := request_phone is null;
-            newest := null;
-            -- The store's customers read: one statement, so one committed snapshot.
-            for r in
-              with matched as (
-                select distinct coalesce(m."linkedId", m.id) as pid
-                from "Contact" m
-                where m."deletedAt" is null
-                  and (m.email = request_email or m."phoneNumber" = request_phone)
-              )
-              select c.* from matched join "Contact" c on c.id = matched.pid
-              where c."deletedAt" is null
-              union all
-              select c.* from matched join "Contact" c on c."linkedId" = matched.pid
-              where c."deletedAt" is null
-            loop
-              found_rows := found_rows || r;
-              if r.email = request_email or r."phoneNumber" = request_phone then
-                if customer is null then
-                  customer := coalesce(r."linkedId", r.id);
-                elsif customer <> coalesce(r."linkedId", r.id) then
-                  several := true;
-                end if;
-              end if;
-              if r."linkedId" is null then
-                primaries := primaries || r.id;
-              end if;
-              has_email := has_email or coalesce(r.email = request_email, false);
-              has_phone := has_phone or coalesce(r."phoneNumber" = request_phone, false);
-              newest := greatest(newest, r."createdAt");
-            end loop;
-            -- Two customers (a merge) or a customer whose primary is soft-deleted (a promotion):
-            -- the service's locked transaction.
-            exit when several or (customer is not null and not customer = any(primaries));
-            outcome := case
-              when customer is null then 'created'
-              when has_email and has_phone then 'unchanged'
-              else 'secondary_added' end;
-            -- A write under locks of another customer than the one read before them, or of one
-            -- where there was none: the locked transaction, which locks what it finds.
-            exit when outcome <> 'unchanged' and locked
-              and customer is distinct from locked_customer;
-            if outcome = 'unchanged' or locked then
-              if outcome <> 'unchanged' then
-                -- The request's time on the service's clock, moved on by the time spent here
-                -- (the locks' waits), so taken after the locks as the locked transaction takes
-                -- it; a secondary is never older than its customer's newest row (planIdentify).
-                newest := greatest(
-                  request_time + (clock_timestamp() - statement_timestamp()),
-                  newest
-                );
-                insert into "Contact" as c
-                  (email, "phoneNumber", "linkedId", "linkPrecedence", "createdAt", "updatedAt")
-                values (
-                  request_email, request_phone, customer,
-                  case when customer is null then 'primary' else 'secondary' end,
-                  newest,
-                  newest
-                )
-                returning c.* into r;
-                found_rows := found_rows || r;
-              end if;
-              foreach r in array found_rows loop
-                id := r.id;
-                email := r.email;
-                "phoneNumber" := r."phoneNumber";
-                "linkedId" := r."linkedId";
-                "linkPrecedence" := r."linkPrecedence";
-                "createdAt" := r."createdAt";
-                return next;
-              end loop;
-              return;
-            end if;
-            -- It writes: the identifier locks, then the customer's, then the read again (above),
-            -- which must find the same customer, or none again.
-            perform pg_advisory_xact_lock(first_lock), pg_advisory_xact_lock(second_lock);
-            if customer is not null then
-              perform from "Contact" c where c.id = customer and c."linkedId" is null for update;
-              exit when not found;
-            end if;
-            locked := true;
-            locked_customer := customer;
-          end loop;
-          outcome := 'fallback';
-          return next;
-        end
-        $$`.execute(db);
+      await sql.raw(identifyFunction(false)).execute(db);
     },
     async down(db: Kysely<unknown>): Promise<void> {
       if (dialect !== "postgres") {
