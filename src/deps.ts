@@ -183,11 +183,20 @@ export class StartupError extends Error {
  */
 /**
  * Migrates at start; an unreachable or unmigratable database becomes a StartupError whose one
- * line names DATABASE_URL (password masked).
+ * line names DATABASE_URL (password masked). A schema a newer build migrated, which has every
+ * migration of this build, is used as it is, with a warning (a rolling deploy, or a rollback).
  */
-export async function migrateAtStart(database: Database): Promise<string[]> {
+export async function migrateAtStart(
+  database: Database,
+  logger: FastifyBaseLogger,
+): Promise<string[]> {
   try {
-    return await migrateToLatest(database);
+    return await migrateToLatest(database, (newer) => {
+      logger.warn(
+        { database: database.description, newer },
+        "the schema was migrated by a newer build: starting on it without migrating",
+      );
+    });
   } catch (error) {
     throw new StartupError(
       `DATABASE_URL: cannot use ${database.description}: ${rootMessage(error)}`,
@@ -219,7 +228,7 @@ export async function createDeps(config: Config, logger: FastifyBaseLogger): Pro
     },
   });
   try {
-    const applied = await migrateAtStart(database);
+    const applied = await migrateAtStart(database, logger);
     logger.info({ database: database.description, applied }, "database ready");
   } catch (error) {
     await database.destroy().catch(() => undefined);

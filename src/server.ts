@@ -120,7 +120,7 @@ async function runPrimary(config: Config, logger: Logger): Promise<void> {
     sqliteSynchronous: config.sqliteSynchronous,
   });
   try {
-    await migrateAtStart(database);
+    await migrateAtStart(database, logger);
   } finally {
     await database.destroy();
   }

@@ -5,6 +5,7 @@ import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import Sqlite from "better-sqlite3";
 import { postIdentify, runServerToExit, startServer } from "./support/server.js";
 
 describe("the server process", () => {
@@ -17,6 +18,32 @@ describe("the server process", () => {
       const response = await postIdentify(server.url, { email: "doc@hillvalley.edu" });
       assert.equal(response.status, 200);
       assert.ok(response.headers.get("x-request-id"));
+      assert.equal(await server.stop(), 0);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("starts on a schema a newer build migrated, with a warning (a rolling deploy, a rollback)", async () => {
+    const dir = mkdtempSync(join(tmpdir(), "idr-server-"));
+    const path = join(dir, "contacts.db");
+    try {
+      // This build's migrations, then one it does not know, recorded as a newer build would.
+      assert.equal(await (await startServer({ DATABASE_URL: `sqlite:${path}` })).stop(), 0);
+      const file = new Sqlite(path);
+      file
+        .prepare("insert into kysely_migration (name, timestamp) values (?, ?)")
+        .run("9999-from-a-newer-build", new Date().toISOString());
+      file.close();
+      const server = await startServer({ DATABASE_URL: `sqlite:${path}` });
+      const warning = server.lines.find((line) => line.includes("migrated by a newer build"));
+      assert.ok(warning, server.lines.join("\n"));
+      assert.deepEqual((JSON.parse(warning) as { newer: string[] }).newer, [
+        "9999-from-a-newer-build",
+      ]);
+      const response = await postIdentify(server.url, { email: "doc@hillvalley.edu" });
+      assert.equal(response.status, 200);
+      assert.equal((await fetch(`${server.url}/readyz`)).status, 200);
       assert.equal(await server.stop(), 0);
     } finally {
       rmSync(dir, { recursive: true, force: true });

@@ -167,11 +167,16 @@ export function runMigrate(ctx: CliContext): Promise<number> {
   return guarded(ctx, async () => {
     const opened = database(loadConfig(ctx.env));
     try {
-      const applied = await migrateToLatest(opened);
+      let newer: string[] = [];
+      const applied = await migrateToLatest(opened, (names) => {
+        newer = names;
+      });
       ctx.stdout.write(
-        applied.length === 0
-          ? `${opened.description}: schema is up to date\n`
-          : `${opened.description}: applied ${applied.join(", ")}\n`,
+        newer.length > 0
+          ? `${opened.description}: schema is newer than this build (${newer.join(", ")}): nothing to apply\n`
+          : applied.length === 0
+            ? `${opened.description}: schema is up to date\n`
+            : `${opened.description}: applied ${applied.join(", ")}\n`,
       );
       return EXIT_OK;
     } catch (error) {

@@ -1,4 +1,4 @@
-import { Migrator } from "kysely";
+import { DEFAULT_MIGRATION_TABLE, Migrator, sql } from "kysely";
 import type { Migration } from "kysely";
 import type { Database } from "./database.js";
 import { DatabaseError } from "./errors.js";
@@ -28,8 +28,31 @@ function migrations(dialect: Database["dialect"]): Record<string, Migration> {
 /**
  * Brings the schema to the latest version. Idempotent, and safe when several instances start at
  * once: Kysely's migrator holds a database lock while it runs. Returns the names it applied.
+ *
+ * A database that a newer build has migrated (a rolling deploy, or a rollback of that build)
+ * records migrations this build does not know, and Kysely's migrator refuses it. If every
+ * migration of this build is among those applied, there is nothing to do: it applies nothing,
+ * tells `onNewer` the names it does not know, and the build runs on the newer schema (each
+ * migration only adds to the one before it). A database that lacks one of this build's
+ * migrations as well is an error.
  */
-export async function migrateToLatest(database: Database): Promise<string[]> {
+export async function migrateToLatest(
+  database: Database,
+  onNewer?: (names: string[]) => void,
+): Promise<string[]> {
+  const known = migrations(database.dialect);
+  const recorded = await recordedMigrations(database);
+  const newer = recorded.filter((name) => !(name in known));
+  if (newer.length > 0) {
+    const missing = Object.keys(known).filter((name) => !recorded.includes(name));
+    if (missing.length > 0) {
+      throw new DatabaseError(
+        `the schema was migrated by a newer build (${newer.join(", ")}) and lacks ${missing.join(", ")}`,
+      );
+    }
+    onNewer?.(newer);
+    return [];
+  }
   const migrator = new Migrator({
     db: database.db,
     provider: { getMigrations: () => Promise.resolve(migrations(database.dialect)) },
@@ -53,6 +76,21 @@ export async function pendingMigrations(database: Database): Promise<string[]> {
   });
   const all = await migrator.getMigrations();
   return all.filter((migration) => migration.executedAt === undefined).map((m) => m.name);
+}
+
+/**
+ * The names the migration table records as applied; none where it does not exist yet (a new
+ * database: a database that cannot be reached fails in the migrator right after).
+ */
+async function recordedMigrations(database: Database): Promise<string[]> {
+  try {
+    const result = await sql<{
+      name: string;
+    }>`select ${sql.ref("name")} from ${sql.table(DEFAULT_MIGRATION_TABLE)}`.execute(database.db);
+    return result.rows.map((row) => row.name);
+  } catch {
+    return [];
+  }
 }
 
 function errorMessage(error: unknown): string {

@@ -338,9 +338,17 @@ for (const { dialect, name } of SERVERS.filter((server) =>
       const request = { email: "marty@example.com", phoneNumber: "5551955" };
       // Told no customer (a cache that knew none), it locks none, then finds doc's customer.
       assert.equal(await store.identifySimple(request, Date.now(), []), null);
-      // Told another customer than the request's (a lead from a stale entry): not locked either.
-      assert.equal(await store.identifySimple(request, Date.now(), [doc.primaryId + 1]), null);
-      assert.equal((await allContacts(database)).length, 1);
+      // Told another customer than the request's (a lead from a stale entry): it locks that one,
+      // then finds doc's customer, which it has not locked.
+      const biff = await store.identifySimple(
+        { email: "biff@example.com", phoneNumber: null },
+        Date.now(),
+      );
+      assert.ok(biff !== null);
+      assert.equal(await store.identifySimple(request, Date.now(), [biff.primaryId]), null);
+      // Told an id that is no live primary: its lock finds no row.
+      assert.equal(await store.identifySimple(request, Date.now(), [biff.primaryId + 1]), null);
+      assert.equal((await allContacts(database)).length, 2);
       // Told the right one, or nothing: it writes.
       const added = await store.identifySimple(request, Date.now(), [doc.primaryId]);
       assert.equal(added?.outcome, "secondary_added");
@@ -348,6 +356,7 @@ for (const { dialect, name } of SERVERS.filter((server) =>
         (await allContacts(database)).map((row) => [row.email, row.linkedId]),
         [
           ["doc@example.com", null],
+          ["biff@example.com", null],
           ["marty@example.com", doc.primaryId],
         ],
       );

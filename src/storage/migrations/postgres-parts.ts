@@ -1,5 +1,5 @@
 // Released migrations use these helpers: never change what they create for a released
-// migration's arguments (0006's text is pinned by test/storage/migrate.test.ts); a migration that
+// migration's arguments (their texts are pinned by test/storage/migrate.test.ts); a migration that
 // needs something else passes arguments of its own.
 
 /**
