@@ -88,8 +88,9 @@ export interface ContactStore extends ContactReader {
    * the creation time of a row it inserts (a secondary's is never older than its customer's
    * newest row). `expected`, when known, is the request's customer as the caller saw it (its
    * primary id; none: empty): the servers' statements then lock first and read only under the
-   * locks (migrations 0007 and 0008), and a write found there for another customer than the one expected leaves
-   * the request to the caller (a customer that already holds the request's values is answered).
+   * locks (migrations 0007 and 0008), and a write found there for another customer than the one
+   * expected leaves the request to the caller (a customer that already holds the request's
+   * values is answered).
    * Only where `identifiesSimpleRequests`.
    */
   identifySimple(

@@ -34,7 +34,9 @@ function migrations(dialect: Database["dialect"]): Record<string, Migration> {
  * migration of this build is among those applied, there is nothing to do: it applies nothing,
  * tells `onNewer` the names it does not know, and the build runs on the newer schema (each
  * migration only adds to the one before it). A database that lacks one of this build's
- * migrations as well is an error.
+ * migrations as well is an error. The check runs before the migrator takes its lock, so a newer
+ * build migrating at that very moment can still fail this start once; the next start finds the
+ * newer schema.
  */
 export async function migrateToLatest(
   database: Database,
