@@ -349,7 +349,7 @@ for (const { dialect, name } of SERVERS.filter((server) =>
       // Told an id that is no live primary: its lock finds no row.
       assert.equal(await store.identifySimple(request, Date.now(), [biff.primaryId + 1]), null);
       assert.equal((await allContacts(database)).length, 2);
-      // Told the right one, or nothing: it writes.
+      // Told the right one, it writes.
       const added = await store.identifySimple(request, Date.now(), [doc.primaryId]);
       assert.equal(added?.outcome, "secondary_added");
       assert.deepEqual(
