@@ -752,29 +752,15 @@ export class SqlContactStore implements ContactStore {
     // Told one customer (or none): the statement locks first and reads under the locks only.
     const expects = expected !== null && expected.length <= 1;
     const customer = expects ? (expected[0] ?? null) : null;
+    // The arguments both servers' statements take first.
+    const leading = [email, phoneNumber, first, second, time] as const;
     let rows: SimpleRow[];
     try {
       if (identifySimple !== null) {
-        const query = identifySimple.bind([
-          email,
-          phoneNumber,
-          first,
-          second,
-          time,
-          expects,
-          customer,
-        ]);
+        const query = identifySimple.bind([...leading, expects, customer]);
         rows = (await this.database.db.executeQuery(query)).rows as SimpleRow[];
       } else if (callIdentify !== null) {
-        const query = callIdentify.bind([
-          email,
-          phoneNumber,
-          first,
-          second,
-          time,
-          expects ? 1 : 0,
-          customer,
-        ]);
+        const query = callIdentify.bind([...leading, expects ? 1 : 0, customer]);
         rows = await this.database.db.connection().execute(async (conn) => {
           try {
             // A CALL answers its result sets, then its status.

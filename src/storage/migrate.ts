@@ -33,10 +33,10 @@ function migrations(dialect: Database["dialect"]): Record<string, Migration> {
  * records migrations this build does not know, and Kysely's migrator refuses it. If every
  * migration of this build is among those applied, there is nothing to do: it applies nothing,
  * tells `onNewer` the names it does not know, and the build runs on the newer schema (each
- * migration only adds to the one before it). A database that lacks one of this build's
- * migrations as well is an error. The check runs before the migrator takes its lock, so a newer
- * build migrating at that very moment can still fail this start once; the next start finds the
- * newer schema.
+ * migration so far adds to the schema, or replaces a procedure keeping its parameters and
+ * answer). A database that lacks one of this build's migrations as well is an error. The check
+ * runs before the migrator takes its lock, so a newer build migrating at that very moment can
+ * still fail this start once; the next start finds the newer schema.
  */
 export async function migrateToLatest(
   database: Database,
@@ -57,7 +57,7 @@ export async function migrateToLatest(
   }
   const migrator = new Migrator({
     db: database.db,
-    provider: { getMigrations: () => Promise.resolve(migrations(database.dialect)) },
+    provider: { getMigrations: () => Promise.resolve(known) },
   });
   const result = await migrator.migrateToLatest();
   if (result.error !== undefined) {

@@ -184,13 +184,14 @@ for (const dialect of dialectsUnderTest()) {
     if (dialect === "postgres") {
       it("keeps migration 0006's identity_identify beside 0008's, for instances not yet upgraded", async () => {
         const database = open();
-        const functions = await sql<{ args: number }>`
-          select pronargs as args from pg_proc
-          where proname = 'identity_identify' order by pronargs`.execute(database.db);
-        assert.deepEqual(
-          functions.rows.map((row) => row.args),
-          [5, 7],
-        );
+        // The parameter counts of the functions named identity_identify.
+        const overloads = async () =>
+          (
+            await sql<{ args: number }>`
+              select pronargs as args from pg_proc
+              where proname = 'identity_identify' order by pronargs`.execute(database.db)
+          ).rows.map((row) => row.args);
+        assert.deepEqual(await overloads(), [5, 7]);
         // An instance of the build before 0008 sends the five-parameter call.
         const created = await sql<{ id: number; outcome: string }>`
           select id, outcome from identity_identify('older@example.com', null, 1, 2, now())`.execute(
@@ -203,14 +204,7 @@ for (const dialect of dialectsUnderTest()) {
         // Undone, 0008 drops only its own function.
         const migration = createPostgresIdentifyExpected("postgres");
         await migration.down?.(database.db);
-        const left = await sql<{ args: number }>`
-          select pronargs as args from pg_proc where proname = 'identity_identify'`.execute(
-          database.db,
-        );
-        assert.deepEqual(
-          left.rows.map((row) => row.args),
-          [5],
-        );
+        assert.deepEqual(await overloads(), [5]);
         await migration.up(database.db);
       });
     }
