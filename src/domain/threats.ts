@@ -16,7 +16,7 @@ const VALUE_SIGNATURES: [ThreatSignature, RegExp][] = [
   // ' OR 1=1, " or 'a'='a, ' AND x=x ...: a quote, a boolean operator, a comparison.
   ["SQL_TAUTOLOGY", /['"`]\s*(?:\)\s*)?(or|and|\|\||&&)\s+[\w'"`(]+\s*(=|<|>|like\b|is\b)/i],
   // or 1=1, AND 2>1, or x=x: a boolean operator and a comparison of literals.
-  ["SQL_TAUTOLOGY", /\b(or|and)\s+(\d+\s*[=<>]+\s*\d+|(\w+)\s*=\s*\3\b)/i],
+  ["SQL_TAUTOLOGY", /\b(or|and)\s+(\d+\s*[=<>]+\s*\d+|(?<word>\w+)\s*=\s*\k<word>\b)/i],
   ["SQL_UNION", /\bunion\b[\s/*]+(all\b[\s/*]+)?select\b/i],
   [
     "SQL_STACKED_STATEMENT",
@@ -31,6 +31,16 @@ const VALUE_SIGNATURES: [ThreatSignature, RegExp][] = [
   ["TEMPLATE", /\{\{|\}\}|\$\{|<%|%>/],
   ["OPERATOR", /\$(where|ne|gt|gte|lt|lte|regex|expr|function|eval|in|nin|or|and|not)\b/i],
 ];
+
+/**
+ * Any of the signatures, in one scan of a string instead of eight: almost every value matches
+ * none. Where it matches, the patterns are tried in order to name the first. Case-insensitive as
+ * all but two are, and those two match no letters.
+ */
+const ANY_SIGNATURE = new RegExp(
+  VALUE_SIGNATURES.map(([, pattern]) => `(?:${pattern.source})`).join("|"),
+  "i",
+);
 
 const POLLUTION_KEYS = new Set(["__proto__", "constructor", "prototype"]);
 const MAX_NODES = 2000;
@@ -55,9 +65,11 @@ export function findThreat(body: unknown): ThreatSignature | null {
     if (typeof value === "string") {
       const screened =
         value.length > MAX_SCREENED_LENGTH ? value.slice(0, MAX_SCREENED_LENGTH) : value;
-      for (const [signature, pattern] of VALUE_SIGNATURES) {
-        if (pattern.test(screened)) {
-          return signature;
+      if (ANY_SIGNATURE.test(screened)) {
+        for (const [signature, pattern] of VALUE_SIGNATURES) {
+          if (pattern.test(screened)) {
+            return signature;
+          }
         }
       }
     } else if (Array.isArray(value)) {

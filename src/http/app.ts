@@ -15,6 +15,7 @@ import { ApiKeys, guardRequest, screenBody, ThreatTracker } from "./security.js"
 import type { ThreatPolicy } from "./security.js";
 import type { ErrorMessages } from "./errors.js";
 import { healthRoute } from "./health.route.js";
+import { lazyChildLoggerFactory } from "./lazy-logger.js";
 import { DEBUG_LEVELS } from "./log-levels.js";
 import { syncedRedisStore } from "./rate-limit-store.js";
 import type { Readiness } from "./health.route.js";
@@ -122,6 +123,7 @@ export function buildApp(deps: AppDeps): FastifyInstance {
       connectionsCheckingInterval: Math.min(1000, security.requestTimeoutMs),
     },
     loggerInstance: deps.logger,
+    childLoggerFactory: lazyChildLoggerFactory,
     logController: new LogController({
       disableRequestLogging: true,
       requestIdLogLabel: "requestId",
