@@ -12,17 +12,21 @@
  * compiler's). V8's compiler decides differently from one run to the next, so runs of one build
  * fall into two or three levels some 15% apart: compare builds by their lowest runs, over several.
  *
- * Options: --server sqlite|ceiling (sqlite: the service on a new SQLite file, as `npm start`
- * runs it; ceiling: the bare Fastify route), --root DIR (the checkout whose `dist/` runs, to
- * measure another build: a `git worktree` with `npm run build`), --requests N (8000),
+ * Options: --server sqlite|ceiling (sqlite: the service's `dist/` on a new SQLite file, as
+ * `npm start` runs it; ceiling: the bare Fastify route, `benchmarks/ceiling-server.ts` through
+ * tsx), --root DIR (the checkout to run, to measure another build: a `git worktree` with its
+ * `node_modules` and `npm run build`), --requests N (8000),
  * --warmup N (20000), --runs N (3). Needs valgrind.
  */
 import { spawn, execFileSync } from "node:child_process";
+import type { ChildProcess } from "node:child_process";
 import { once } from "node:events";
-import { mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
+import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
 import { createInterface } from "node:readline";
+import type { Readable } from "node:stream";
+import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import autocannon from "autocannon";
 import { MIX, Workload } from "./workload.js";
@@ -30,7 +34,7 @@ import { MIX, Workload } from "./workload.js";
 const { values: args } = parseArgs({
   options: {
     server: { type: "string", default: "sqlite" },
-    root: { type: "string", default: new URL("..", import.meta.url).pathname },
+    root: { type: "string", default: fileURLToPath(new URL("..", import.meta.url)) },
     requests: { type: "string", default: "8000" },
     warmup: { type: "string", default: "20000" },
     runs: { type: "string", default: "3" },
@@ -43,55 +47,106 @@ const RUNS = Number(args.runs);
 if (args.server !== "sqlite" && args.server !== "ceiling") {
   throw new Error(`--server must be sqlite or ceiling, not ${args.server}`);
 }
+for (const [option, value] of [
+  ["--requests", REQUESTS],
+  ["--warmup", WARMUP],
+  ["--runs", RUNS],
+] as const) {
+  if (!Number.isInteger(value) || value < 1) {
+    throw new Error(`${option} must be a whole number of at least 1`);
+  }
+}
+/** How long the server may take to start under valgrind (it runs some 50 times slower). */
+const START_TIMEOUT_MS = 300_000;
 
 interface Count {
   readonly main: number;
   readonly all: number;
 }
 
+/** The server's command line after `node`, and its environment besides this process's. */
+function serverCommand(dir: string): [string[], Record<string, string>] {
+  // One process, whatever this shell has set: WORKERS would fork processes that run outside
+  // valgrind, REDIS_URL would move the rate limit to Redis. HOST is left alone: valgrind names
+  // the files callgrind_control reaches it through after the USER and HOST it was started with.
+  const env = { PORT: "0", WORKERS: "1", LOG_LEVEL: "info", REDIS_URL: "" };
+  if (args.server === "ceiling") {
+    return [["--import", "tsx", join(ROOT, "benchmarks/ceiling-server.ts")], env];
+  }
+  return [
+    ["--max-semi-space-size=16", "--heap-growing-percent=150", join(ROOT, "dist/src/server.js")],
+    {
+      ...env,
+      DATABASE_URL: `sqlite://${join(dir, "identity.db")}`,
+      CACHE: "off",
+      MAX_REQUESTS_PER_SOCKET: "0",
+    },
+  ];
+}
+
+/** Resolves with the server's address once it listens; rejects if it fails or takes too long. */
+function listening(child: ChildProcess, stderr: string[]): Promise<string> {
+  return new Promise<string>((resolve, reject) => {
+    const fail = (reason: string) => {
+      clearTimeout(timer);
+      reject(new Error(`${reason}\n${stderr.slice(-20).join("\n")}`));
+    };
+    const timer = setTimeout(() => {
+      fail(`the server did not listen within ${START_TIMEOUT_MS / 1000} s`);
+    }, START_TIMEOUT_MS);
+    createInterface({ input: child.stdout as Readable }).on("line", (line) => {
+      const address = /Server listening at (http:\/\/[^\s"]+)/.exec(line)?.[1];
+      if (address !== undefined) {
+        clearTimeout(timer);
+        resolve(address);
+      }
+    });
+    child.once("error", (error) => {
+      fail(`valgrind did not start: ${error.message}`);
+    });
+    child.once("exit", (code) => {
+      fail(`the server exited with ${String(code)}`);
+    });
+  });
+}
+
+/** The instructions of each thread's file: callgrind writes `out-01` for the main thread. */
+function instructionsByThread(dir: string): Map<string, number> {
+  const threads = new Map<string, number>();
+  for (const file of readdirSync(dir).filter((name) => name.startsWith("callgrind.out-"))) {
+    const total = /^totals: (\d+)/m.exec(readFileSync(join(dir, file), "utf8"))?.[1];
+    if (total === undefined) {
+      throw new Error(`no totals in ${file}`);
+    }
+    threads.set(file.slice("callgrind.out-".length), Number(total));
+  }
+  return threads;
+}
+
 /** One run: a new server (and database) under callgrind; instructions per measured request. */
 async function run(): Promise<Count> {
+  if (!existsSync(ROOT)) {
+    throw new Error(`--root ${ROOT} does not exist`);
+  }
   const dir = mkdtempSync(join(tmpdir(), "idr-instructions-"));
-  const out = join(dir, "callgrind.out");
-  const [entry, env] =
-    args.server === "ceiling"
-      ? [["--import", "tsx", join(ROOT, "benchmarks/ceiling-server.ts")], {}]
-      : [
-          [
-            "--max-semi-space-size=16",
-            "--heap-growing-percent=150",
-            join(ROOT, "dist/src/server.js"),
-          ],
-          { DATABASE_URL: `sqlite://${join(dir, "identity.db")}`, CACHE: "off" },
-        ];
+  const [entry, env] = serverCommand(dir);
   const child = spawn(
     "valgrind",
     [
       "--tool=callgrind",
       "--instr-atstart=no",
       "--separate-threads=yes",
-      `--callgrind-out-file=${out}`,
+      `--callgrind-out-file=${join(dir, "callgrind.out")}`,
       process.execPath,
       ...entry,
     ],
-    {
-      cwd: ROOT,
-      env: { ...process.env, ...env, PORT: "0", LOG_LEVEL: "info", MAX_REQUESTS_PER_SOCKET: "0" },
-      stdio: ["ignore", "pipe", "pipe"],
-    },
+    { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] },
   );
+  // Read, so that valgrind's and the server's warnings never fill the pipe; kept for errors.
+  const stderr: string[] = [];
+  createInterface({ input: child.stderr }).on("line", (line) => stderr.push(line));
   try {
-    const url = await new Promise<string>((listening, failed) => {
-      createInterface({ input: child.stdout }).on("line", (line) => {
-        const address = /Server listening at (http:\/\/127\.0\.0\.1:\d+)/.exec(line)?.[1];
-        if (address !== undefined) {
-          listening(address);
-        }
-      });
-      child.once("exit", (code) => {
-        failed(new Error(`the server exited with ${String(code)}`));
-      });
-    });
+    const url = await listening(child, stderr);
     const workload = new Workload("instructions", 42, MIX);
     workload.populate(1000);
     const drive = (amount: number) =>
@@ -116,23 +171,21 @@ async function run(): Promise<Count> {
     if (measured.non2xx > 0 || measured.errors > 0) {
       throw new Error(`${measured.non2xx} non-2xx answers and ${measured.errors} errors`);
     }
+    const exited = once(child, "exit");
     child.kill("SIGTERM");
-    await once(child, "exit");
-    // One file per thread (out-01 is the main thread), each with its total.
-    let main = 0;
-    let all = 0;
-    for (const file of readdirSync(dir).filter((name) => name.startsWith("callgrind.out"))) {
-      const total = /^totals: (\d+)/m.exec(readFileSync(join(dir, file), "utf8"));
-      const instructions = Number(total?.[1] ?? 0);
-      all += instructions;
-      if (file.endsWith("-01")) {
-        main = instructions;
-      }
+    await exited;
+    const threads = instructionsByThread(dir);
+    const main = threads.get("01") ?? 0;
+    if (main === 0) {
+      throw new Error(
+        `no instructions counted on the main thread (files: ${[...threads.keys()].join(", ")})`,
+      );
     }
+    const all = [...threads.values()].reduce((sum, count) => sum + count, 0);
     const answered = measured.requests.total;
     return { main: Math.round(main / answered), all: Math.round(all / answered) };
   } finally {
-    if (child.exitCode === null) {
+    if (child.exitCode === null && child.signalCode === null) {
       child.kill("SIGKILL");
     }
     rmSync(dir, { recursive: true, force: true });

@@ -41,6 +41,18 @@ const ANY_SIGNATURE = new RegExp(
   VALUE_SIGNATURES.map(([, pattern]) => `(?:${pattern.source})`).join("|"),
   "i",
 );
+// Joining keeps a pattern's meaning only if its flags are at most `i` (none only where it has no
+// letter to match) and it has no numbered backreference (the joined pattern numbers the groups
+// anew): checked here, when the module loads.
+for (const [signature, pattern] of VALUE_SIGNATURES) {
+  const letters = /[a-z]/i.test(pattern.source.replace(/\\./g, ""));
+  if (!/^i?$/.test(pattern.flags) || (pattern.flags === "" && letters)) {
+    throw new Error(`${signature}: a pattern joined into ANY_SIGNATURE must be /…/i`);
+  }
+  if (/\\[1-9]/.test(pattern.source)) {
+    throw new Error(`${signature}: name the backreference (\\k<name>) to join the pattern`);
+  }
+}
 
 const POLLUTION_KEYS = new Set(["__proto__", "constructor", "prototype"]);
 const MAX_NODES = 2000;

@@ -70,14 +70,14 @@ export class LazyChildLogger implements FastifyBaseLogger {
 }
 
 /**
- * Fastify's `childLoggerFactory`: a lazy child for requests of routes without their own log level
- * or serializers (all of this service's), pino's own child otherwise.
+ * Fastify's `childLoggerFactory`: a lazy child where the route asks for no child options (a log
+ * level or serializers of its own: none of this service's routes does), pino's own otherwise.
  */
 export const lazyChildLoggerFactory: NonNullable<FastifyServerOptions["childLoggerFactory"]> = (
   logger,
   bindings,
   options,
 ) =>
-  options.level === undefined && options.serializers === undefined
+  Object.keys(options).length === 0
     ? new LazyChildLogger(logger, bindings)
     : logger.child(bindings, options);

@@ -3,6 +3,9 @@ import { describe, it } from "node:test";
 import { pino } from "pino";
 import type { FastifyBaseLogger } from "fastify";
 import { LazyChildLogger, lazyChildLoggerFactory } from "../../src/http/lazy-logger.js";
+import { startApp } from "../support/app.js";
+import { createTestDatabase, openMigrated } from "../support/databases.js";
+import { postIdentify } from "../support/server.js";
 
 /** A pino logger writing its lines to `lines`, with the count of children made from it. */
 function capturing(level = "info") {
@@ -52,6 +55,29 @@ describe("the request's lazy child logger", () => {
     assert.deepEqual(lines, [{ level: 20, requestId: "r-2", msg: "now written" }]);
   });
 
+  it("writes each method at its own level", () => {
+    const { logger, lines } = capturing("trace");
+    const lazy = new LazyChildLogger(logger, { requestId: "r-4" });
+    lazy.trace("t");
+    lazy.debug("d");
+    lazy.info("i");
+    lazy.warn("w");
+    lazy.error("e");
+    lazy.fatal("f");
+    lazy.silent("s");
+    assert.deepEqual(
+      lines.map((line) => [line.level, line.msg]),
+      [
+        [10, "t"],
+        [20, "d"],
+        [30, "i"],
+        [40, "w"],
+        [50, "e"],
+        [60, "f"],
+      ],
+    );
+  });
+
   it("binds grandchildren to the request too", () => {
     const { logger, lines } = capturing();
     new LazyChildLogger(logger, { requestId: "r-3" }).child({ part: "cache" }).warn("slow");
@@ -66,5 +92,30 @@ describe("the request's lazy child logger", () => {
     const own = factory(logger, { requestId: "b" }, { level: "debug" }, raw);
     assert.ok(!(own instanceof LazyChildLogger));
     assert.equal(own.level, "debug");
+    const serialized = factory(
+      logger,
+      { requestId: "c" },
+      { serializers: { secret: () => "[hidden]" } },
+      raw,
+    );
+    assert.ok(!(serialized instanceof LazyChildLogger));
+  });
+
+  it("is the app's: a rejected request's line carries its request id", async () => {
+    const test = await createTestDatabase("sqlite");
+    const database = await openMigrated(test);
+    const running = await startApp(database);
+    try {
+      assert.equal(running.app.childLoggerFactory, lazyChildLoggerFactory);
+      const response = await postIdentify(running.url, { email: 42 });
+      assert.equal(response.status, 400);
+      const requestId = response.headers.get("x-request-id");
+      assert.ok(requestId);
+      assert.ok(running.logs.some((line) => line.requestId === requestId));
+    } finally {
+      await running.close();
+      await database.destroy();
+      await test.drop();
+    }
   });
 });
