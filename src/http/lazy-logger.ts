@@ -23,7 +23,7 @@ export class LazyChildLogger implements FastifyBaseLogger {
   }
 
   set level(level: string) {
-    this.child$().level = level;
+    this.madeChild().level = level;
   }
 
   fatal(...args: unknown[]): void {
@@ -55,16 +55,16 @@ export class LazyChildLogger implements FastifyBaseLogger {
   }
 
   child(bindings: Bindings, options?: ChildOptions): FastifyBaseLogger {
-    return this.child$().child(bindings, options);
+    return this.madeChild().child(bindings, options);
   }
 
-  private child$(): FastifyBaseLogger {
+  private madeChild(): FastifyBaseLogger {
     this.made ??= this.parent.child(this.bindings);
     return this.made;
   }
 
   private write(method: LogMethod, args: unknown[]): void {
-    const logger = this.child$();
+    const logger = this.madeChild();
     Reflect.apply(logger[method], logger, args);
   }
 }
