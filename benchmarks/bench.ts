@@ -15,6 +15,7 @@
 import { mkdirSync, readFileSync, readdirSync, writeFileSync } from "node:fs";
 import { Agent, request } from "node:http";
 import { cpus, totalmem } from "node:os";
+import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import autocannon from "autocannon";
 import { Redis } from "ioredis";
@@ -28,6 +29,7 @@ import { createTestDatabase } from "../test/support/databases.js";
 import type { TestDatabase } from "../test/support/databases.js";
 import { startServer } from "../test/support/server.js";
 import type { ServerProcess } from "../test/support/server.js";
+import { CEILING_ENTRY, identifyRequests, startArguments } from "./servers.js";
 import { parseMix, Workload } from "./workload.js";
 import type { Body } from "./workload.js";
 
@@ -101,19 +103,8 @@ function log(line: string): void {
   process.stderr.write(`bench: ${line}\n`);
 }
 
-/** What `npm start` runs after `node` (package.json's start script), so both run the same. */
-const SERVER_COMMAND = startArguments();
-
-function startArguments(): string[] {
-  const manifest = JSON.parse(
-    readFileSync(new URL("../package.json", import.meta.url), "utf8"),
-  ) as { scripts: { start: string } };
-  const [node, ...rest] = manifest.scripts.start.split(/\s+/);
-  if (node !== "node" || rest.some((part) => /["'$&|;<>]/.test(part))) {
-    throw new Error(`npm start is not a plain "node ..." command: ${manifest.scripts.start}`);
-  }
-  return rest;
-}
+/** What `npm start` runs after `node`, so both run the same. */
+const SERVER_COMMAND = startArguments(fileURLToPath(new URL("..", import.meta.url)));
 
 /** Sums `read(pid)` over a process and its children (the workers); a process gone counts 0. */
 function sumOverTree(pid: number, read: (pid: number) => number): number {
@@ -412,13 +403,7 @@ async function load(url: string, workload: Workload, seconds: number, pid: numbe
     url: `${url}/identify`,
     connections: CONNECTIONS,
     duration: seconds,
-    requests: [
-      {
-        method: "POST",
-        headers: { "content-type": "application/json" },
-        setupRequest: (req) => ({ ...req, body: JSON.stringify(workload.next()) }),
-      },
-    ],
+    requests: identifyRequests(workload),
   });
   if (sampler !== null) {
     clearInterval(sampler);
@@ -599,7 +584,7 @@ async function runConfig(
 
 /** One measurement of the ceiling: the bare Fastify route under the same load. */
 async function measureCeiling() {
-  const ceilingServer = await startServer({}, ["--import", "tsx", "benchmarks/ceiling-server.ts"]);
+  const ceilingServer = await startServer({}, CEILING_ENTRY);
   try {
     const ceilingWorkload = new Workload("ceiling", 42, MEASURED_MIX);
     ceilingWorkload.populate(1000);

@@ -18,17 +18,16 @@
  * `node_modules` and `npm run build`), --requests N (8000),
  * --warmup N (20000), --runs N (3). Needs valgrind.
  */
-import { spawn, execFileSync } from "node:child_process";
-import type { ChildProcess } from "node:child_process";
-import { once } from "node:events";
+import { execFileSync } from "node:child_process";
 import { existsSync, mkdtempSync, readFileSync, readdirSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join, resolve } from "node:path";
-import { createInterface } from "node:readline";
-import type { Readable } from "node:stream";
 import { fileURLToPath } from "node:url";
 import { parseArgs } from "node:util";
 import autocannon from "autocannon";
+import { startServer } from "../test/support/server.js";
+import type { ServerProcess } from "../test/support/server.js";
+import { CEILING_ENTRY, identifyRequests, startArguments } from "./servers.js";
 import { MIX, Workload } from "./workload.js";
 
 const { values: args } = parseArgs({
@@ -64,17 +63,17 @@ interface Count {
   readonly all: number;
 }
 
-/** The server's command line after `node`, and its environment besides this process's. */
+/** The server's arguments after `node`, and its environment besides this process's. */
 function serverCommand(dir: string): [string[], Record<string, string>] {
   // One process, whatever this shell has set: WORKERS would fork processes that run outside
   // valgrind, REDIS_URL would move the rate limit to Redis. HOST is left alone: valgrind names
   // the files callgrind_control reaches it through after the USER and HOST it was started with.
-  const env = { PORT: "0", WORKERS: "1", LOG_LEVEL: "info", REDIS_URL: "" };
+  const env = { WORKERS: "1", REDIS_URL: "" };
   if (args.server === "ceiling") {
-    return [["--import", "tsx", join(ROOT, "benchmarks/ceiling-server.ts")], env];
+    return [CEILING_ENTRY, env];
   }
   return [
-    ["--max-semi-space-size=16", "--heap-growing-percent=150", join(ROOT, "dist/src/server.js")],
+    startArguments(ROOT),
     {
       ...env,
       DATABASE_URL: `sqlite://${join(dir, "identity.db")}`,
@@ -84,30 +83,22 @@ function serverCommand(dir: string): [string[], Record<string, string>] {
   ];
 }
 
-/** Resolves with the server's address once it listens; rejects if it fails or takes too long. */
-function listening(child: ChildProcess, stderr: string[]): Promise<string> {
-  return new Promise<string>((resolve, reject) => {
-    const fail = (reason: string) => {
-      clearTimeout(timer);
-      reject(new Error(`${reason}\n${stderr.slice(-20).join("\n")}`));
-    };
-    const timer = setTimeout(() => {
-      fail(`the server did not listen within ${START_TIMEOUT_MS / 1000} s`);
+/**
+ * The server once it listens, or an error after START_TIMEOUT_MS (the server given up on is
+ * killed when this process exits, by test/support/server.ts).
+ */
+async function started(starting: Promise<ServerProcess>): Promise<ServerProcess> {
+  let timer: NodeJS.Timeout | undefined;
+  const timedOut = new Promise<never>((_resolve, reject) => {
+    timer = setTimeout(() => {
+      reject(new Error(`the server did not listen within ${START_TIMEOUT_MS / 1000} s`));
     }, START_TIMEOUT_MS);
-    createInterface({ input: child.stdout as Readable }).on("line", (line) => {
-      const address = /Server listening at (http:\/\/[^\s"]+)/.exec(line)?.[1];
-      if (address !== undefined) {
-        clearTimeout(timer);
-        resolve(address);
-      }
-    });
-    child.once("error", (error) => {
-      fail(`valgrind did not start: ${error.message}`);
-    });
-    child.once("exit", (code) => {
-      fail(`the server exited with ${String(code)}`);
-    });
   });
+  try {
+    return await Promise.race([starting, timedOut]);
+  } finally {
+    clearTimeout(timer);
+  }
 }
 
 /** The instructions of each thread's file: callgrind writes `out-01` for the main thread. */
@@ -130,50 +121,37 @@ async function run(): Promise<Count> {
   }
   const dir = mkdtempSync(join(tmpdir(), "idr-instructions-"));
   const [entry, env] = serverCommand(dir);
-  const child = spawn(
-    "valgrind",
-    [
-      "--tool=callgrind",
-      "--instr-atstart=no",
-      "--separate-threads=yes",
-      `--callgrind-out-file=${join(dir, "callgrind.out")}`,
-      process.execPath,
-      ...entry,
-    ],
-    { cwd: ROOT, env: { ...process.env, ...env }, stdio: ["ignore", "pipe", "pipe"] },
-  );
-  // Read, so that valgrind's and the server's warnings never fill the pipe; kept for errors.
-  const stderr: string[] = [];
-  createInterface({ input: child.stderr }).on("line", (line) => stderr.push(line));
+  const valgrind = [
+    "--tool=callgrind",
+    "--instr-atstart=no",
+    "--separate-threads=yes",
+    `--callgrind-out-file=${join(dir, "callgrind.out")}`,
+    process.execPath,
+    ...entry,
+  ];
+  let server: ServerProcess | null = null;
   try {
-    const url = await listening(child, stderr);
+    const running = await started(startServer(env, valgrind, { command: "valgrind", cwd: ROOT }));
+    server = running;
     const workload = new Workload("instructions", 42, MIX);
     workload.populate(1000);
     const drive = (amount: number) =>
       autocannon({
-        url: `${url}/identify`,
+        url: `${running.url}/identify`,
         connections: 32,
         amount,
         timeout: 120,
-        requests: [
-          {
-            method: "POST",
-            headers: { "content-type": "application/json" },
-            setupRequest: (request) => ({ ...request, body: JSON.stringify(workload.next()) }),
-          },
-        ],
+        requests: identifyRequests(workload),
       });
     await drive(WARMUP);
-    const pid = String(child.pid);
+    const pid = String(running.process.pid);
     execFileSync("callgrind_control", ["--instr=on", pid], { stdio: "ignore" });
     const measured = await drive(REQUESTS);
     execFileSync("callgrind_control", ["--instr=off", pid], { stdio: "ignore" });
     if (measured.non2xx > 0 || measured.errors > 0) {
       throw new Error(`${measured.non2xx} non-2xx answers and ${measured.errors} errors`);
     }
-    const exited = once(child, "exit");
-    child.kill("SIGTERM");
-    await exited;
+    await running.stop();
     const threads = instructionsByThread(dir);
     const main = threads.get("01") ?? 0;
     if (main === 0) {
@@ -185,9 +163,7 @@ async function run(): Promise<Count> {
     const answered = measured.requests.total;
     return { main: Math.round(main / answered), all: Math.round(all / answered) };
   } finally {
-    if (child.exitCode === null && child.signalCode === null) {
-      child.kill("SIGKILL");
-    }
+    await server?.stop();
     rmSync(dir, { recursive: true, force: true });
   }
 }

@@ -31,10 +31,18 @@ process.once("exit", () => {
   }
 });
 
+/** How a server process is launched: `node` in the project's root unless told otherwise. */
+export interface Launch {
+  /** The program run with `entry` as its arguments (valgrind, to run `node` under it). */
+  readonly command?: string;
+  /** The directory it runs in (another checkout's, to run another build). */
+  readonly cwd?: string;
+}
+
 /** Spawns `node <entry>` in the project's root with `env` added, its output piped. */
-function spawnNode(entry: readonly string[], env: Record<string, string>) {
-  const child = spawn(process.execPath, entry, {
-    cwd: ROOT,
+function spawnNode(entry: readonly string[], env: Record<string, string>, launch: Launch = {}) {
+  const child = spawn(launch.command ?? process.execPath, entry, {
+    cwd: launch.cwd ?? ROOT,
     env: { ...process.env, ...env },
     stdio: ["ignore", "pipe", "pipe"],
   });
@@ -49,13 +57,14 @@ export const SERVER_ENTRY = ["--import", "tsx", "src/server.ts"];
 /**
  * Spawns `node <entry>` (by default the server through tsx) with `env` added to the environment
  * (PORT=0 unless given) and resolves once it listens. Rejects with the process output if it
- * exits first.
+ * exits first, or if it cannot be spawned.
  */
 export async function startServer(
   env: Record<string, string>,
   entry: readonly string[] = SERVER_ENTRY,
+  launch: Launch = {},
 ): Promise<ServerProcess> {
-  const child = spawnNode(entry, { PORT: "0", LOG_LEVEL: "info", ...env });
+  const child = spawnNode(entry, { PORT: "0", LOG_LEVEL: "info", ...env }, launch);
   const lines: string[] = [];
   const errors: string[] = [];
   createInterface({ input: child.stderr }).on("line", (line) => errors.push(line));
@@ -69,6 +78,9 @@ export async function startServer(
     });
     child.once("exit", (code) => {
       reject(new Error(`server exited with ${code}: ${[...lines, ...errors].join("\n")}`));
+    });
+    child.once("error", (error) => {
+      reject(new Error(`cannot start ${launch.command ?? "node"}: ${error.message}`));
     });
   });
   const url = await listening;
