@@ -43,6 +43,9 @@ const ROOT = resolve(args.root);
 const REQUESTS = Number(args.requests);
 const WARMUP = Number(args.warmup);
 const RUNS = Number(args.runs);
+if (!existsSync(ROOT)) {
+  throw new Error(`--root ${ROOT} does not exist`);
+}
 if (args.server !== "sqlite" && args.server !== "ceiling") {
   throw new Error(`--server must be sqlite or ceiling, not ${args.server}`);
 }
@@ -83,24 +86,6 @@ function serverCommand(dir: string): [string[], Record<string, string>] {
   ];
 }
 
-/**
- * The server once it listens, or an error after START_TIMEOUT_MS (the server given up on is
- * killed when this process exits, by test/support/server.ts).
- */
-async function started(starting: Promise<ServerProcess>): Promise<ServerProcess> {
-  let timer: NodeJS.Timeout | undefined;
-  const timedOut = new Promise<never>((_resolve, reject) => {
-    timer = setTimeout(() => {
-      reject(new Error(`the server did not listen within ${START_TIMEOUT_MS / 1000} s`));
-    }, START_TIMEOUT_MS);
-  });
-  try {
-    return await Promise.race([starting, timedOut]);
-  } finally {
-    clearTimeout(timer);
-  }
-}
-
 /** The instructions of each thread's file: callgrind writes `out-01` for the main thread. */
 function instructionsByThread(dir: string): Map<string, number> {
   const threads = new Map<string, number>();
@@ -116,9 +101,6 @@ function instructionsByThread(dir: string): Map<string, number> {
 
 /** One run: a new server (and database) under callgrind; instructions per measured request. */
 async function run(): Promise<Count> {
-  if (!existsSync(ROOT)) {
-    throw new Error(`--root ${ROOT} does not exist`);
-  }
   const dir = mkdtempSync(join(tmpdir(), "idr-instructions-"));
   const [entry, env] = serverCommand(dir);
   const valgrind = [
@@ -131,7 +113,11 @@ async function run(): Promise<Count> {
   ];
   let server: ServerProcess | null = null;
   try {
-    const running = await started(startServer(env, valgrind, { command: "valgrind", cwd: ROOT }));
+    const running = await startServer(env, valgrind, {
+      command: "valgrind",
+      cwd: ROOT,
+      startTimeoutMs: START_TIMEOUT_MS,
+    });
     server = running;
     const workload = new Workload("instructions", 42, MIX);
     workload.populate(1000);

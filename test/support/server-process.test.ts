@@ -4,6 +4,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { startServer } from "./server.js";
 import { setTimeout as sleep } from "node:timers/promises";
 
 const SUPPORT = new URL("./server.ts", import.meta.url).pathname;
@@ -54,5 +55,28 @@ describe("startServer", () => {
     } finally {
       rmSync(dir, { recursive: true, force: true });
     }
+  });
+
+  it("kills a process that does not listen within startTimeoutMs and rejects", async () => {
+    // Exits by itself after 5 s, so that without the bound startServer rejects another way.
+    const never = ["-e", 'console.log("started"); setTimeout(() => process.exit(3), 5000);'];
+    const error = await startServer({}, never, { startTimeoutMs: 300 }).then(
+      () => null,
+      (reason: unknown) => reason,
+    );
+    assert.ok(error instanceof Error, "startServer resolved for a process that never listens");
+    assert.match(error.message, /did not listen within 300 ms/);
+    // Killed, not exited with its own code.
+    assert.match(String((error.cause as Error | undefined)?.message), /server exited with null/);
+  });
+
+  it("waits without a bound unless told one", async () => {
+    const late = [
+      "-e",
+      'setTimeout(() => console.log("Server listening at http://127.0.0.1:9"), 400);',
+    ];
+    const server = await startServer({}, late);
+    assert.equal(server.url, "http://127.0.0.1:9");
+    await server.stop();
   });
 });

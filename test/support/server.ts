@@ -37,9 +37,11 @@ export interface Launch {
   readonly command?: string;
   /** The directory it runs in (another checkout's, to run another build). */
   readonly cwd?: string;
+  /** Gives up after this long without listening: kills the process and rejects. None by default. */
+  readonly startTimeoutMs?: number;
 }
 
-/** Spawns `node <entry>` in the project's root with `env` added, its output piped. */
+/** Spawns `node <entry>` (or `launch.command`) with `env` added, its output piped. */
 function spawnNode(entry: readonly string[], env: Record<string, string>, launch: Launch = {}) {
   const child = spawn(launch.command ?? process.execPath, entry, {
     cwd: launch.cwd ?? ROOT,
@@ -57,7 +59,7 @@ export const SERVER_ENTRY = ["--import", "tsx", "src/server.ts"];
 /**
  * Spawns `node <entry>` (by default the server through tsx) with `env` added to the environment
  * (PORT=0 unless given) and resolves once it listens. Rejects with the process output if it
- * exits first, or if it cannot be spawned.
+ * exits first, if it cannot be spawned, or if it does not listen within `launch.startTimeoutMs`.
  */
 export async function startServer(
   env: Record<string, string>,
@@ -83,7 +85,26 @@ export async function startServer(
       reject(new Error(`cannot start ${launch.command ?? "node"}: ${error.message}`));
     });
   });
-  const url = await listening;
+  const { startTimeoutMs } = launch;
+  // An object, not a `let`: the flag is set in the timer's callback.
+  const start = { timedOut: false };
+  const timer =
+    startTimeoutMs === undefined
+      ? undefined
+      : setTimeout(() => {
+          start.timedOut = true;
+          child.kill("SIGKILL");
+        }, startTimeoutMs);
+  let url: string;
+  try {
+    url = await listening;
+  } catch (error) {
+    throw start.timedOut
+      ? new Error(`the server did not listen within ${startTimeoutMs} ms`, { cause: error })
+      : error;
+  } finally {
+    clearTimeout(timer);
+  }
   return {
     url,
     process: child,
