@@ -1,10 +1,11 @@
 import assert from "node:assert/strict";
-import { existsSync, mkdtempSync, rmSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, rmSync, watch } from "node:fs";
 import { createServer } from "node:net";
 import type { AddressInfo } from "node:net";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { describe, it } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 import Sqlite from "better-sqlite3";
 import { postIdentify, runServerToExit, startServer } from "./support/server.js";
 
@@ -20,6 +21,53 @@ describe("the server process", () => {
       assert.ok(response.headers.get("x-request-id"));
       assert.equal(await server.stop(), 0);
     } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
+  it("merges customers whose rows are far apart on SQLite without a temporary file", async () => {
+    // A merge relinks every row of the newer customer in one statement, inside the batch's
+    // transaction, so SQLite keeps a statement journal of every page it changes. Past 64 KiB
+    // (about 15 pages) that journal went to a file in SQLite's temporary directory: a host
+    // without a writable one (a read-only root file system) failed every such merge with a disk
+    // I/O error. SQLITE_TMPDIR points SQLite's temporary files at a directory watched here.
+    const dir = mkdtempSync(join(tmpdir(), "idr-server-"));
+    const temporary = join(dir, "sqlite-tmp");
+    mkdirSync(temporary);
+    const created: string[] = [];
+    const watcher = watch(temporary, (_event, name) => created.push(String(name)));
+    const server = await startServer({
+      DATABASE_URL: `sqlite:${join(dir, "contacts.db")}`,
+      SQLITE_TMPDIR: temporary,
+    });
+    try {
+      const ok = async (body: { email: string; phoneNumber: string }) => {
+        const response = await postIdentify(server.url, body);
+        assert.equal(response.status, 200, response.text);
+        return response.body as { primaryContactId: number; secondaryContactIds: number[] };
+      };
+      // Two customers of 30 rows each, every row of one tens of rows away from the next (about a
+      // table page), with other customers' rows in between.
+      const ROWS = 30;
+      const first = await ok({ email: "a0@example.com", phoneNumber: "1000000" });
+      await ok({ email: "b0@example.com", phoneNumber: "2000000" });
+      for (let i = 1; i < ROWS; i++) {
+        await ok({ email: `a${i}@example.com`, phoneNumber: "1000000" });
+        await ok({ email: `b${i}@example.com`, phoneNumber: "2000000" });
+        await Promise.all(
+          Array.from({ length: 60 }, (_, k) =>
+            ok({ email: `f${i}.${k}@example.com`, phoneNumber: String(3_000_000 + i * 100 + k) }),
+          ),
+        );
+      }
+      const merged = await ok({ email: "a0@example.com", phoneNumber: "2000000" });
+      assert.equal(merged.primaryContactId, first.primaryContactId);
+      assert.equal(merged.secondaryContactIds.length, 2 * ROWS - 1);
+      await sleep(200);
+      assert.deepEqual(created, []);
+    } finally {
+      assert.equal(await server.stop(), 0);
+      watcher.close();
       rmSync(dir, { recursive: true, force: true });
     }
   });

@@ -201,6 +201,10 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Create
       database.pragma(`synchronous = ${options.sqliteSynchronous ?? "normal"}`);
       database.pragma("foreign_keys = ON");
       database.pragma(`busy_timeout = ${options.lockTimeoutMs}`);
+      // Statement journals and temporary tables in memory, not in files of SQLite's temporary
+      // directory: a merge's relink journals every page it changes, and past 64 KiB that went to
+      // a file, so a host without a writable temporary directory failed such merges (README).
+      database.pragma("temp_store = MEMORY");
       const prepare = statementCache(database);
       const session = new SqliteSession(prepare, options.onStatement);
       let checkpointer: Checkpointer | null = null;
