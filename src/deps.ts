@@ -92,17 +92,39 @@ export function metricsOf(database: Database, cache: CustomerCache): Metrics {
   });
 }
 
-/** Readiness: the database answers and has every migration; the cache is only reported. */
-export function readinessOf(database: Database, cache: CustomerCache): () => Promise<Readiness> {
+/** How long /readyz waits for the database before it answers "unreachable". */
+export const READINESS_TIMEOUT_MS = 2000;
+
+/**
+ * Readiness: the database answers within `timeoutMs` and has every migration; the cache is only
+ * reported. The bound matters when the database stops answering on a connection already open
+ * (a stalled server or network): the check's statement would wait as long as TCP does.
+ */
+export function readinessOf(
+  database: Database,
+  cache: CustomerCache,
+  timeoutMs = READINESS_TIMEOUT_MS,
+): () => Promise<Readiness> {
   return async () => {
     const cacheState = { kind: cache.kind, available: cache.available() };
+    let timer: NodeJS.Timeout | undefined;
+    const timedOut = new Promise<null>((resolve) => {
+      timer = setTimeout(() => {
+        resolve(null);
+      }, timeoutMs);
+    });
     try {
-      const pending = await pendingMigrations(database);
+      const pending = await Promise.race([pendingMigrations(database), timedOut]);
+      if (pending === null) {
+        return { ready: false, database: "unreachable", cache: cacheState };
+      }
       return pending.length === 0
         ? { ready: true, database: "ok", cache: cacheState }
         : { ready: false, database: "migrations pending", cache: cacheState };
     } catch {
       return { ready: false, database: "unreachable", cache: cacheState };
+    } finally {
+      clearTimeout(timer);
     }
   };
 }

@@ -130,6 +130,86 @@ describe("server lifecycle", { timeout: 120_000 }, () => {
     },
   );
 
+  it(
+    "keeps serving when PostgreSQL ends its connections under load, and loses no acknowledged write",
+    { skip: process.env.TEST_POSTGRES_URL === undefined },
+    async () => {
+      // A server that ends a connection (a restart, a failover, pg_terminate_backend) sends an
+      // error on it. On a connection checked out of the pool with no statement running, nothing
+      // listened for that error, and the process died of it.
+      const pgTest = await createTestDatabase("postgres");
+      const server = await startServer({ DATABASE_URL: pgTest.url, CACHE: "off" });
+      const admin = new pg.Client({ connectionString: pgTest.url });
+      await admin.connect();
+      try {
+        const acknowledged: string[] = [];
+        const statuses = new Set<number>();
+        const refused: string[] = [];
+        let stop = false;
+        let n = 0;
+        const client = async (c: number) => {
+          while (!stop) {
+            const email = `ended${c}-${n++}@hillvalley.edu`;
+            let response: Response;
+            try {
+              response = await fetch(`${server.url}/identify`, {
+                method: "POST",
+                headers: { "content-type": "application/json" },
+                body: JSON.stringify({ email, phoneNumber: `+1555${c}` }),
+              });
+              await response.text();
+            } catch (error) {
+              refused.push(String(error));
+              stop = true;
+              return;
+            }
+            statuses.add(response.status);
+            if (response.status === 200) {
+              acknowledged.push(email);
+            }
+          }
+        };
+        const clients = Array.from({ length: 32 }, (_, c) => client(c));
+        for (let sweep = 0; sweep < 8; sweep++) {
+          await sleep(250);
+          await admin.query(
+            "select pg_terminate_backend(pid) from pg_stat_activity " +
+              "where datname = current_database() and pid <> pg_backend_pid()",
+          );
+        }
+        await sleep(1000);
+        stop = true;
+        await Promise.all(clients);
+        assert.deepEqual(refused, [], server.lines.slice(-3).join("\n"));
+        assert.equal(server.process.exitCode, null);
+        assert.ok(
+          [...statuses].every((s) => s === 200 || s === 500),
+          [...statuses].join(),
+        );
+        const after = await fetch(`${server.url}/identify`, {
+          method: "POST",
+          headers: { "content-type": "application/json" },
+          body: JSON.stringify({ email: "after@hillvalley.edu" }),
+        });
+        assert.equal(after.status, 200);
+        const stored = new Set(
+          (await admin.query<{ email: string }>('select email from "Contact"')).rows.map(
+            (row) => row.email,
+          ),
+        );
+        assert.ok(acknowledged.length > 100, `acknowledged ${acknowledged.length}`);
+        assert.deepEqual(
+          acknowledged.filter((email) => !stored.has(email)),
+          [],
+        );
+      } finally {
+        await admin.end();
+        await server.stop();
+        await pgTest.drop();
+      }
+    },
+  );
+
   it("runs WORKERS processes on one port, aggregates their metrics, and stops them all", async () => {
     // CACHE=on asks for a cache that WORKERS > 1 without Redis cannot share (CACHE=auto would not).
     const server = await startServer({ DATABASE_URL: suite.test.url, WORKERS: "2", CACHE: "on" });

@@ -308,6 +308,15 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Create
         // An idle connection that the server drops (a restart, a failover) must not crash the
         // process: the pool discards it, and the next query opens a new one.
         pool.on("error", (error) => options.onIdleConnectionError?.(error));
+        // The pool listens only while a connection is idle. One checked out with no statement
+        // running (between two of a transaction, or not yet used) gets the server's error with
+        // no listener, and an unhandled 'error' event would end the process. The error needs
+        // nothing more here: the connection can run nothing after it, so the request's next
+        // statement fails (a 500, logged with its reason) and the pool discards the connection
+        // when it comes back.
+        pool.on("connect", (client) => {
+          client.on("error", () => undefined);
+        });
         return pool;
       };
       // One pool for Kysely and the pipelines, opened by whichever asks first.

@@ -1,5 +1,10 @@
 import assert from "node:assert/strict";
+import { createServer } from "node:net";
+import type { AddressInfo, Socket } from "node:net";
 import { after, before, describe, it } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { NoCache } from "../../src/cache/customer-cache.js";
+import { readinessOf } from "../../src/deps.js";
 import { openDatabase } from "../../src/storage/database.js";
 import type { Database } from "../../src/storage/database.js";
 import { startApp } from "../support/app.js";
@@ -76,6 +81,35 @@ describe("operations endpoints", () => {
       await pending.close();
       await unmigrated.destroy();
       await fresh.drop();
+    }
+  });
+
+  it('answers /readyz "unreachable" in its bound when the database does not answer', async () => {
+    // A server that accepts connections and never answers, as a stalled one does: the check
+    // would wait for the driver's own timeout (5 s to connect; on an open connection, as long
+    // as TCP does) without the bound.
+    const sockets = new Set<Socket>();
+    const silent = createServer((socket) => sockets.add(socket));
+    await new Promise<void>((resolve) => silent.listen(0, "127.0.0.1", resolve));
+    const { port } = silent.address() as AddressInfo;
+    const stalled = openDatabase(
+      { dialect: "postgres", url: `postgres://root@127.0.0.1:${port}/stalled` },
+      { poolSize: 1, lockTimeoutMs: 1000 },
+    );
+    try {
+      const readiness = readinessOf(stalled, new NoCache(), 300);
+      const tooLate = sleep(3000).then(() => "no answer within 3 s");
+      assert.deepEqual(await Promise.race([readiness(), tooLate]), {
+        ready: false,
+        database: "unreachable",
+        cache: { kind: "off", available: true },
+      });
+    } finally {
+      for (const socket of sockets) {
+        socket.destroy();
+      }
+      silent.close();
+      await stalled.destroy().catch(() => undefined);
     }
   });
 
