@@ -46,6 +46,11 @@ export interface DatabaseOptions {
   readonly onStatement?: (sql: string, parameters: readonly unknown[], pipelined: boolean) => void;
   /** Told when SQLite's checkpointer thread fails; the connection then checkpoints by itself. */
   readonly onCheckpointError?: (error: Error) => void;
+  /**
+   * MySQL/MariaDB and PostgreSQL: how long a statement waits to open a connection, or for one of
+   * the pool's to be free, before it fails (5000 by default).
+   */
+  readonly connectionTimeoutMs?: number;
   /** Told when the server drops an idle pooled connection (PostgreSQL); nothing is lost. */
   readonly onIdleConnectionError?: (error: Error) => void;
   /**
@@ -253,13 +258,13 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Create
               timezone: "Z",
               dateStrings: false,
               supportBigNumbers: true,
-              connectTimeout: 5000,
+              connectTimeout: options.connectionTimeoutMs ?? CONNECTION_TIMEOUT_MS,
               enableKeepAlive: true,
               // Per connection; the service sends a handful of fixed texts, and the server's
               // max_prepared_stmt_count is shared by every connection of every client.
               maxPreparedStatements: 64,
             });
-            return preparingPool(pool);
+            return preparingPool(pool, options.connectionTimeoutMs ?? CONNECTION_TIMEOUT_MS);
           },
           onCreateConnection: async (connection) => {
             // READ COMMITTED: every statement sees the latest committed rows, and InnoDB takes no
@@ -289,7 +294,7 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Create
           Client: preparingClient(Client),
           connectionString: target.url,
           max: options.poolSize,
-          connectionTimeoutMillis: 5000,
+          connectionTimeoutMillis: options.connectionTimeoutMs ?? CONNECTION_TIMEOUT_MS,
           // Statements go out as soon as they are sent, not after the previous one is answered
           // (PostgresPipelines). Kysely sends one at a time on a connection anyway.
           pipeline: true,
@@ -419,18 +424,41 @@ function preparingClient(Client: typeof pg.Client): typeof pg.Client {
   };
 }
 
+/** The default of `DatabaseOptions.connectionTimeoutMs`. */
+const CONNECTION_TIMEOUT_MS = 5000;
+
 /**
  * The mysql2 pool as Kysely uses it, whose connections run every statement with parameters as a
  * server-side prepared statement (`execute`, cached per connection), not as text with the values
  * escaped into it by the client (`query`): the server parses each text once per connection, and
  * no value ever travels inside SQL text.
+ *
+ * A wait for a free connection fails after `acquireTimeoutMs`, as pg's pool does: mysql2's pool
+ * has no such bound, so while the server stalled every request queued for a connection (answered
+ * 503 by then) and all their work ran once it answered again. A connection that comes after its
+ * caller gave up goes straight back to the pool.
  */
-function preparingPool(pool: MysqlPool): KyselyMysqlPool {
+function preparingPool(pool: MysqlPool, acquireTimeoutMs: number): KyselyMysqlPool {
   type Callback = (error: unknown, result: unknown) => void;
   const prepared = new WeakSet<object>();
   return {
     getConnection: (callback) => {
+      let waiting = true;
+      const timer = setTimeout(() => {
+        waiting = false;
+        // Kysely reads no connection when told an error.
+        const none = undefined as unknown as Parameters<typeof callback>[1];
+        callback(new Error(`no free connection within ${acquireTimeoutMs} ms`), none);
+      }, acquireTimeoutMs);
       pool.getConnection((error, connection) => {
+        if (!waiting) {
+          if (error === null) {
+            connection.release();
+          }
+          return;
+        }
+        waiting = false;
+        clearTimeout(timer);
         // On an error there is no connection to patch: Kysely gets the error as it is.
         if (error === null && !prepared.has(connection)) {
           prepared.add(connection);
