@@ -4,7 +4,7 @@ import { NoCache } from "./cache/customer-cache.js";
 import { MemoryCustomerCache } from "./cache/memory.cache.js";
 import type { Config } from "./config.js";
 import { IdentifyService } from "./service/identify.service.js";
-import { SqlContactStore } from "./storage/contact.store.js";
+import { DEFAULT_RETRY_POLICY, SqlContactStore } from "./storage/contact.store.js";
 import { openDatabase } from "./storage/database.js";
 import type { Database } from "./storage/database.js";
 import { migrateToLatest, pendingMigrations } from "./storage/migrate.js";
@@ -271,7 +271,9 @@ export async function createDeps(config: Config, logger: FastifyBaseLogger): Pro
   }
   const { cache, redis: cacheRedis } = built;
   const metrics = metricsOf(database, cache);
-  const store = new SqlContactStore(database, undefined, {
+  // Retries stop at the handler timeout: no client waits for the answer after it.
+  const retry = { ...DEFAULT_RETRY_POLICY, maxElapsedMs: config.handlerTimeoutMs };
+  const store = new SqlContactStore(database, retry, {
     onRetry: (attempt, cause, reason) => {
       metrics.transactionRetried(reason);
       logger.debug({ attempt, reason: rootMessage(cause) }, "transaction retried");

@@ -30,6 +30,12 @@ export interface RetryPolicy {
   /** Upper bound of the first backoff; each later one doubles, with full jitter. */
   readonly baseDelayMs: number;
   readonly maxDelayMs: number;
+  /**
+   * No attempt starts once this long has passed since the first one; none by default. Past the
+   * handler timeout no client waits for the answer any more (it was answered 503), while each
+   * attempt held a pooled connection for up to a lock timeout.
+   */
+  readonly maxElapsedMs?: number;
 }
 
 export const DEFAULT_RETRY_POLICY: RetryPolicy = {
@@ -805,12 +811,14 @@ export class SqlContactStore implements ContactStore {
   ): Promise<T> {
     // SQLite needs no identifier locks: its batch holds the only write lock.
     const digests = this.database.sqlite === null ? lockDigests(identifierKeys) : [];
+    const started = performance.now();
     for (let attempt = 1; ; attempt++) {
       try {
         return await this.runOnce(digests, work);
       } catch (error) {
         const reason = retryReason(error);
-        if (attempt >= this.retry.maxAttempts || reason === null) {
+        const late = performance.now() - started >= (this.retry.maxElapsedMs ?? Infinity);
+        if (attempt >= this.retry.maxAttempts || reason === null || late) {
           throw error instanceof RetryTransactionError
             ? asDatabaseError(error, "contention")
             : error;
