@@ -5,8 +5,8 @@ import { MemoryCustomerCache } from "./cache/memory.cache.js";
 import type { Config } from "./config.js";
 import { IdentifyService } from "./service/identify.service.js";
 import { DEFAULT_RETRY_POLICY, SqlContactStore } from "./storage/contact.store.js";
-import { openDatabase } from "./storage/database.js";
-import type { Database } from "./storage/database.js";
+import { describeTarget, openDatabase } from "./storage/database.js";
+import type { Database, DatabaseOptions } from "./storage/database.js";
 import { migrateToLatest, pendingMigrations } from "./storage/migrate.js";
 import type { FastifyBaseLogger } from "fastify";
 import type { Redis } from "ioredis";
@@ -200,6 +200,22 @@ export class StartupError extends Error {
 }
 
 /**
+ * openDatabase at start. A database that cannot be opened at all (an SQLite file in a missing or
+ * read-only directory, on a full disk) becomes a StartupError whose one line names DATABASE_URL,
+ * as an unreachable server does when it is first used.
+ */
+export function openAtStart(config: Config, options: DatabaseOptions): Database {
+  try {
+    return openDatabase(config.database, options);
+  } catch (error) {
+    throw new StartupError(
+      `DATABASE_URL: cannot use ${describeTarget(config.database)}: ${rootMessage(error)}`,
+      { cause: error },
+    );
+  }
+}
+
+/**
  * Opens the database, brings its schema up to date and wires the service. Throws StartupError
  * with one line naming the variable at fault when the database is unreachable.
  */
@@ -228,7 +244,7 @@ export async function migrateAtStart(
 }
 
 export async function createDeps(config: Config, logger: FastifyBaseLogger): Promise<Deps> {
-  const database = openDatabase(config.database, {
+  const database = openAtStart(config, {
     poolSize: config.databasePoolSize,
     lockTimeoutMs: config.databaseLockTimeoutMs,
     sqliteSynchronous: config.sqliteSynchronous,

@@ -6,10 +6,9 @@ import type { Logger } from "pino";
 import { AggregatorRegistry } from "prom-client";
 import { ConfigError, loadConfig } from "./config.js";
 import type { Config } from "./config.js";
-import { createDeps, migrateAtStart } from "./deps.js";
+import { createDeps, migrateAtStart, openAtStart } from "./deps.js";
 import { rootMessage } from "./error-message.js";
 import { buildApp } from "./http/app.js";
-import { openDatabase } from "./storage/database.js";
 
 const METRICS_REQUEST = "identity:metrics-request";
 const METRICS_RESPONSE = "identity:metrics-response";
@@ -114,7 +113,7 @@ async function runServer(config: Config, logger: Logger): Promise<void> {
  */
 async function runPrimary(config: Config, logger: Logger): Promise<void> {
   // The workers each drop SQLite's sqlite_stat4 as they open the file, and warn if they cannot.
-  const database = openDatabase(config.database, {
+  const database = openAtStart(config, {
     poolSize: 1,
     lockTimeoutMs: config.databaseLockTimeoutMs,
     sqliteSynchronous: config.sqliteSynchronous,

@@ -112,6 +112,22 @@ describe("the server process", () => {
     assert.doesNotMatch(result.stderr + result.stdout, /hunter2/);
   });
 
+  it("exits non-zero with one line naming DATABASE_URL when SQLite cannot open its file", async () => {
+    // A directory where the file should be: SQLite cannot open it, as in a read-only one.
+    const dir = mkdtempSync(join(tmpdir(), "idr-server-"));
+    try {
+      const result = await runServerToExit({ DATABASE_URL: `sqlite:${dir}` });
+      assert.equal(result.code, 1);
+      const lines = result.stderr.trim().split("\n");
+      assert.equal(lines.length, 1, result.stderr);
+      const [line = ""] = lines;
+      assert.ok(line.startsWith(`DATABASE_URL: cannot use sqlite:${dir}: `), line);
+      assert.ok(line.endsWith("unable to open database file"), line);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("with WORKERS, exits non-zero when its workers cannot start instead of forking them forever", async () => {
     const taken = createServer();
     await new Promise<void>((resolve) => taken.listen(0, "127.0.0.1", resolve));

@@ -172,6 +172,13 @@ interface Created {
 /** SQLite: the WAL size at which the checkpointer thread restarts it (pages of 4 KiB). */
 const WAL_RESTART_FRAMES = 1000;
 
+/**
+ * SQLite: the size the WAL file is cut back to when it restarts, above the size it reaches
+ * between two restarts under load (about WAL_RESTART_FRAMES frames), so that it is not cut and
+ * grown again at each one.
+ */
+export const WAL_SIZE_LIMIT_BYTES = WAL_RESTART_FRAMES * 4 * 4096;
+
 /** mysql2 keeps its pool's queues in fields it does not type; read their lengths defensively. */
 function mysqlPoolStats(pool: unknown): PoolStats {
   if (pool === null) {
@@ -217,6 +224,9 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Create
         // Checkpoints run in a thread of their own; the connection's own, inside COMMIT, are only
         // a fallback (README, Benchmark).
         database.pragma(`wal_autocheckpoint = ${WAL_RESTART_FRAMES * 4}`);
+        // A WAL that grew (a long read by another process held every checkpoint back) is cut
+        // back to this size when it restarts; SQLite keeps the file at its largest otherwise.
+        database.pragma(`journal_size_limit = ${WAL_SIZE_LIMIT_BYTES}`);
         checkpointer = startCheckpointer(session, {
           path: target.path,
           synchronous: options.sqliteSynchronous ?? "normal",

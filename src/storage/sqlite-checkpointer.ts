@@ -25,8 +25,19 @@ export interface CheckpointerOptions {
 const WORKER_SOURCE = `
 const { parentPort, workerData } = require("node:worker_threads");
 const Database = require(workerData.driver);
-const db = new Database(workerData.path, { fileMustExist: true });
-db.pragma("synchronous = " + workerData.synchronous);
+// better-sqlite3's errors reach the main thread as {code} alone (their class does not survive
+// the copy between threads): thrown again as plain Errors, with the code in the message.
+const plain = (error) =>
+  new Error([error?.code, error?.message].filter(Boolean).join(": ") || String(error));
+const guarded = (work) => {
+  try {
+    return work();
+  } catch (error) {
+    throw plain(error);
+  }
+};
+const db = guarded(() => new Database(workerData.path, { fileMustExist: true }));
+guarded(() => db.pragma("synchronous = " + workerData.synchronous));
 let waiting = false;
 // Checkpoint rounds to skip before the next pause: it grows while pauses do not get the WAL
 // restarted (another process on the file keeps writing, or keeps reading at the end of the WAL),
@@ -36,7 +47,7 @@ let backoff = 0;
 // The WAL's frames at the last round, or at the last pause's checkpoint if one came after it.
 let lastLog = 0;
 let paused = false;
-const checkpoint = () => db.pragma("wal_checkpoint(PASSIVE)")[0];
+const checkpoint = () => guarded(() => db.pragma("wal_checkpoint(PASSIVE)")[0]);
 const timer = setInterval(() => {
   if (waiting) return;
   const { log } = checkpoint();

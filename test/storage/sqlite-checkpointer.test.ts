@@ -1,10 +1,14 @@
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { readFileSync } from "node:fs";
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from "node:fs";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
 import { describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { openDatabase } from "../../src/storage/database.js";
-import type { SqliteSession } from "../../src/storage/sqlite-session.js";
+import Sqlite from "better-sqlite3";
+import { openDatabase, WAL_SIZE_LIMIT_BYTES } from "../../src/storage/database.js";
+import { startCheckpointer } from "../../src/storage/sqlite-checkpointer.js";
+import { SqliteSession } from "../../src/storage/sqlite-session.js";
 import { databaseForSuite } from "../support/databases.js";
 
 describe("SQLite checkpointer thread", () => {
@@ -48,6 +52,32 @@ describe("SQLite checkpointer thread", () => {
     });
   }
 
+  it("reports why it failed, with SQLite's code, when a checkpoint fails", async () => {
+    // SQLite's errors reached the main thread as {code} alone, and the log line had no reason.
+    const dir = mkdtempSync(join(tmpdir(), "idr-checkpointer-"));
+    const path = join(dir, "not-a-database.db");
+    writeFileSync(path, "text, not an SQLite file: every checkpoint of it fails ".repeat(4));
+    try {
+      const failed = new Promise<Error>((resolve) => {
+        const checkpointer = startCheckpointer(new SqliteSession(() => assert.fail("unused")), {
+          path,
+          synchronous: "normal",
+          intervalMs: 10,
+          restartFrames: 1000,
+          onError: (error) => {
+            resolve(error);
+            void checkpointer.stop();
+          },
+        });
+      });
+      const error = await failed;
+      assert.ok(error instanceof Error);
+      assert.match(error.message, /^SQLITE_NOTADB: file is not a database$/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it("checkpoints the WAL and has it restarted, where the connection alone would let it grow", async () => {
     const session = await blobTable("blob");
     // About 3,000 pages in 30 transactions: below the connection's own threshold (4,000), above
@@ -66,6 +96,30 @@ describe("SQLite checkpointer thread", () => {
       frames = walFrames();
     }
     assert.ok(frames <= 100, `the WAL still holds ${frames} frames`);
+  });
+
+  it("cuts the WAL file back once a long read that let it grow has ended", async () => {
+    const { target } = suite.test;
+    assert.ok(target.dialect === "sqlite");
+    const session = await blobTable("grown");
+    // Another process's read keeps its snapshot: no checkpoint gets past it, so the WAL grows.
+    const reader = new Sqlite(target.path);
+    reader.exec("begin");
+    reader.prepare("select count(*) from grown").get();
+    for (let i = 0; i < 60; i++) {
+      await insertBlobs(session, "grown", 100, 4000);
+    }
+    const grown = statSync(`${target.path}-wal`).size;
+    assert.ok(grown > WAL_SIZE_LIMIT_BYTES, `the WAL grew to ${grown} bytes only`);
+    reader.exec("commit");
+    reader.close();
+    let size = grown;
+    for (let tries = 0; size > WAL_SIZE_LIMIT_BYTES && tries < 300; tries++) {
+      await insertBlobs(session, "grown", 1, 100);
+      await sleep(10);
+      size = statSync(`${target.path}-wal`).size;
+    }
+    assert.ok(size <= WAL_SIZE_LIMIT_BYTES, `the WAL file stayed at ${size} bytes`);
   });
 
   it("has the WAL restarted under steady writes, before the connection's own checkpoint would", async () => {
