@@ -218,7 +218,7 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Create
       // a file, so a host without a writable temporary directory failed such merges (README).
       database.pragma("temp_store = MEMORY");
       const prepare = statementCache(database);
-      const session = new SqliteSession(prepare, options.onStatement);
+      const session = new SqliteSession(prepare, options.onStatement, options.lockTimeoutMs);
       let checkpointer: Checkpointer | null = null;
       if (target.path !== ":memory:") {
         // Checkpoints run in a thread of their own; the connection's own, inside COMMIT, are only

@@ -25,6 +25,14 @@ interface Job {
 /** Write transactions committed together at most; bounds how long one batch holds the lock. */
 const MAX_BATCH = 64;
 
+/** How often a write batch tries again for the write lock that another process holds. */
+const LOCK_POLL_MS = 5;
+
+function isBusy(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === "string" && code.startsWith("SQLITE_BUSY");
+}
+
 /**
  * The one SQLite connection of the process, used directly (better-sqlite3 is synchronous), with
  * group commit.
@@ -67,7 +75,16 @@ export class SqliteSession {
   /** The batch running now, if any. */
   private running: Promise<void> | null = null;
   private closed = false;
+  /** When the write batches began finding the write lock held by another process; else null. */
+  private busySince: number | null = null;
 
+  /**
+   * `lockTimeoutMs` > 0: a write batch that finds the file's write lock held by another process
+   * waits for it up to that long off the event loop (trying again every few milliseconds, read
+   * batches going on meanwhile), then fails as busy. With 0 it fails at once, unless the
+   * connection's own `busy_timeout` waits, which holds the event loop: nothing else, not even
+   * /healthz, was answered while another process held the lock.
+   */
   constructor(
     private readonly prepare: (sql: string) => SqliteDatabase.Statement,
     private readonly onStatement?: (
@@ -75,6 +92,7 @@ export class SqliteSession {
       parameters: readonly unknown[],
       pipelined: boolean,
     ) => void,
+    private readonly lockTimeoutMs = 0,
   ) {}
 
   /** Runs one statement; returns its rows (none for a statement that returns no rows). */
@@ -214,13 +232,27 @@ export class SqliteSession {
   private async attempt(jobs: Job[]): Promise<boolean> {
     const writes = jobs.some((job) => job.writes);
     try {
-      this.run({ sql: writes ? "begin immediate" : "begin", parameters: [] });
+      this.begin(writes);
     } catch (error) {
+      if (writes && this.lockTimeoutMs > 0 && isBusy(error)) {
+        const now = performance.now();
+        this.busySince ??= now;
+        if (now - this.busySince < this.lockTimeoutMs) {
+          // Another process holds the write lock: try again soon, the event loop free meanwhile.
+          this.queue.unshift(...jobs);
+          await new Promise((resolve) => setTimeout(resolve, LOCK_POLL_MS));
+          return true;
+        }
+      }
+      this.busySince = null;
       const reason = asDatabaseError(error, "beginning a transaction");
       for (const job of jobs) {
         job.reject(reason);
       }
       return true;
+    }
+    if (writes) {
+      this.busySince = null;
     }
     for (const job of jobs) {
       try {
@@ -252,6 +284,23 @@ export class SqliteSession {
       job.resolve(job.result);
     }
     return true;
+  }
+
+  /**
+   * BEGIN for reads (in WAL mode they never wait for a writer), BEGIN IMMEDIATE for writes. With
+   * a `lockTimeoutMs`, the write lock is asked for without the connection's busy wait.
+   */
+  private begin(writes: boolean): void {
+    if (!writes || this.lockTimeoutMs === 0) {
+      this.run({ sql: writes ? "begin immediate" : "begin", parameters: [] });
+      return;
+    }
+    this.prepare("pragma busy_timeout = 0").get();
+    try {
+      this.run({ sql: "begin immediate", parameters: [] });
+    } finally {
+      this.prepare(`pragma busy_timeout = ${this.lockTimeoutMs}`).get();
+    }
   }
 
   private rollback(): void {

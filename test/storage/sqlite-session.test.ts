@@ -185,6 +185,46 @@ describe("SqliteSession (group commit)", () => {
     assert.deepEqual(committed(), ["a", "b"]);
   });
 
+  it("waits for another process's write lock off the event loop, reads going on, up to its timeout", async () => {
+    // The connection's own busy_timeout waits inside BEGIN IMMEDIATE, holding the event loop:
+    // nothing else was answered while another process held the lock.
+    file.pragma("busy_timeout = 5000");
+    const waiting = new SqliteSession((sql) => file.prepare(sql), undefined, 1000);
+    await waiting.write(() => Promise.resolve(waiting.run(insert("before"))));
+    const other = new SqliteDatabase(join(dir, "session.db"));
+    try {
+      other.exec("begin immediate");
+      let ticks = 0;
+      const ticker = setInterval(() => ticks++, 10);
+      const written = waiting.write(() => Promise.resolve(waiting.run(insert("held"))));
+      const read = await waiting.read(() => waiting.run(values));
+      assert.deepEqual(read, [{ value: "before" }], "a read goes on while the write waits");
+      await new Promise((resolve) => setTimeout(resolve, 300));
+      clearInterval(ticker);
+      assert.ok(ticks >= 10, `the event loop ran ${ticks} times in 300 ms`);
+      other.exec("commit");
+      await written;
+      assert.deepEqual(committed(), ["before", "held"]);
+
+      // Held past the timeout: the write fails as busy (the contact store's retries take it).
+      other.exec("begin immediate");
+      await assert.rejects(
+        waiting.write(() => Promise.resolve(waiting.run(insert("late")))),
+        (error) =>
+          error instanceof DatabaseError && /SQLITE_BUSY|locked/i.test(String(error.cause)),
+      );
+      other.exec("rollback");
+      await waiting.write(() => Promise.resolve(waiting.run(insert("after"))));
+      assert.deepEqual(committed(), ["before", "held", "after"]);
+    } finally {
+      if (other.inTransaction) {
+        other.exec("rollback");
+      }
+      other.close();
+      await waiting.flush();
+    }
+  });
+
   it("rejects transactions once closed", async () => {
     session.close();
     await assert.rejects(
