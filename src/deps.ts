@@ -199,6 +199,13 @@ export class StartupError extends Error {
   }
 }
 
+/** The one line of a database that cannot be used at start: it names DATABASE_URL. */
+function cannotUse(description: string, error: unknown): StartupError {
+  return new StartupError(`DATABASE_URL: cannot use ${description}: ${rootMessage(error)}`, {
+    cause: error,
+  });
+}
+
 /**
  * openDatabase at start. A database that cannot be opened at all (an SQLite file in a missing or
  * read-only directory, on a full disk) becomes a StartupError whose one line names DATABASE_URL,
@@ -208,10 +215,7 @@ export function openAtStart(config: Config, options: DatabaseOptions): Database 
   try {
     return openDatabase(config.database, options);
   } catch (error) {
-    throw new StartupError(
-      `DATABASE_URL: cannot use ${describeTarget(config.database)}: ${rootMessage(error)}`,
-      { cause: error },
-    );
+    throw cannotUse(describeTarget(config.database), error);
   }
 }
 
@@ -236,10 +240,7 @@ export async function migrateAtStart(
       );
     });
   } catch (error) {
-    throw new StartupError(
-      `DATABASE_URL: cannot use ${database.description}: ${rootMessage(error)}`,
-      { cause: error },
-    );
+    throw cannotUse(database.description, error);
   }
 }
 

@@ -15,7 +15,7 @@ import type {
 import { endOfTurn } from "../end-of-turn.js";
 import { lockTimeoutSeconds } from "./database.js";
 import type { Database, DialectName, Send } from "./database.js";
-import { asDatabaseError, DatabaseError } from "./errors.js";
+import { asDatabaseError, DatabaseError, isSqliteBusy } from "./errors.js";
 import { FixedStatement } from "./fixed-statement.js";
 import type { ContactRow, DB, MergeKind } from "./schema.js";
 
@@ -105,10 +105,7 @@ export function retryReason(error: unknown): RetryReason | null {
   if (code === "40001") {
     return "serialization";
   }
-  if (
-    typeof code === "string" &&
-    (code.startsWith("SQLITE_BUSY") || code.startsWith("SQLITE_LOCKED"))
-  ) {
+  if (isSqliteBusy(cause) || (typeof code === "string" && code.startsWith("SQLITE_LOCKED"))) {
     return "busy";
   }
   return null;

@@ -179,6 +179,9 @@ const WAL_RESTART_FRAMES = 1000;
  */
 export const WAL_SIZE_LIMIT_BYTES = WAL_RESTART_FRAMES * 4 * 4096;
 
+/** The default of `DatabaseOptions.connectionTimeoutMs`. */
+const CONNECTION_TIMEOUT_MS = 5000;
+
 /** mysql2 keeps its pool's queues in fields it does not type; read their lengths defensively. */
 function mysqlPoolStats(pool: unknown): PoolStats {
   if (pool === null) {
@@ -195,6 +198,7 @@ function mysqlPoolStats(pool: unknown): PoolStats {
 }
 
 function createDialect(target: DatabaseTarget, options: DatabaseOptions): Created {
+  const connectionTimeoutMs = options.connectionTimeoutMs ?? CONNECTION_TIMEOUT_MS;
   switch (target.dialect) {
     case "sqlite": {
       if (target.path !== ":memory:") {
@@ -268,13 +272,13 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Create
               timezone: "Z",
               dateStrings: false,
               supportBigNumbers: true,
-              connectTimeout: options.connectionTimeoutMs ?? CONNECTION_TIMEOUT_MS,
+              connectTimeout: connectionTimeoutMs,
               enableKeepAlive: true,
               // Per connection; the service sends a handful of fixed texts, and the server's
               // max_prepared_stmt_count is shared by every connection of every client.
               maxPreparedStatements: 64,
             });
-            return preparingPool(pool, options.connectionTimeoutMs ?? CONNECTION_TIMEOUT_MS);
+            return preparingPool(pool, connectionTimeoutMs);
           },
           onCreateConnection: async (connection) => {
             // READ COMMITTED: every statement sees the latest committed rows, and InnoDB takes no
@@ -304,7 +308,7 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Create
           Client: preparingClient(Client),
           connectionString: target.url,
           max: options.poolSize,
-          connectionTimeoutMillis: options.connectionTimeoutMs ?? CONNECTION_TIMEOUT_MS,
+          connectionTimeoutMillis: connectionTimeoutMs,
           // Statements go out as soon as they are sent, not after the previous one is answered
           // (PostgresPipelines). Kysely sends one at a time on a connection anyway.
           pipeline: true,
@@ -433,9 +437,6 @@ function preparingClient(Client: typeof pg.Client): typeof pg.Client {
     }
   };
 }
-
-/** The default of `DatabaseOptions.connectionTimeoutMs`. */
-const CONNECTION_TIMEOUT_MS = 5000;
 
 /**
  * The mysql2 pool as Kysely uses it, whose connections run every statement with parameters as a

@@ -21,3 +21,9 @@ export function asDatabaseError(error: unknown, doing: string): DatabaseError {
   const detail = error instanceof Error ? error.message : String(error);
   return new DatabaseError(`${doing}: ${detail}`, { cause: error });
 }
+
+/** SQLite's SQLITE_BUSY (and its extended codes): another connection holds the lock asked for. */
+export function isSqliteBusy(error: unknown): boolean {
+  const code = (error as { code?: unknown } | null)?.code;
+  return typeof code === "string" && code.startsWith("SQLITE_BUSY");
+}

@@ -1,5 +1,6 @@
+import { setTimeout as sleep } from "node:timers/promises";
 import type SqliteDatabase from "better-sqlite3";
-import { asDatabaseError, DatabaseError } from "./errors.js";
+import { asDatabaseError, DatabaseError, isSqliteBusy } from "./errors.js";
 
 /** A statement and its parameters, as Kysely compiles them. */
 export interface SqlText {
@@ -27,11 +28,6 @@ const MAX_BATCH = 64;
 
 /** How often a write batch tries again for the write lock that another process holds. */
 const LOCK_POLL_MS = 5;
-
-function isBusy(error: unknown): boolean {
-  const code = (error as { code?: unknown } | null)?.code;
-  return typeof code === "string" && code.startsWith("SQLITE_BUSY");
-}
 
 /**
  * The one SQLite connection of the process, used directly (better-sqlite3 is synchronous), with
@@ -234,13 +230,13 @@ export class SqliteSession {
     try {
       this.begin(writes);
     } catch (error) {
-      if (writes && this.lockTimeoutMs > 0 && isBusy(error)) {
+      if (writes && this.lockTimeoutMs > 0 && isSqliteBusy(error)) {
         const now = performance.now();
         this.busySince ??= now;
         if (now - this.busySince < this.lockTimeoutMs) {
           // Another process holds the write lock: try again soon, the event loop free meanwhile.
           this.queue.unshift(...jobs);
-          await new Promise((resolve) => setTimeout(resolve, LOCK_POLL_MS));
+          await sleep(LOCK_POLL_MS);
           return true;
         }
       }

@@ -3,7 +3,11 @@ import { describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { sql } from "kysely";
 import { openDatabase } from "../../src/storage/database.js";
-import { createTestDatabase, serverDialectsUnderTest } from "../support/databases.js";
+import {
+  createTestDatabase,
+  holdTransaction,
+  serverDialectsUnderTest,
+} from "../support/databases.js";
 
 for (const dialect of serverDialectsUnderTest()) {
   describe(`the ${dialect} connection pool`, () => {
@@ -16,20 +20,9 @@ for (const dialect of serverDialectsUnderTest()) {
         lockTimeoutMs: 1000,
         connectionTimeoutMs: 300,
       });
-      const gates = { release: (): void => undefined, inside: (): void => undefined };
-      const held = new Promise<void>((resolve) => {
-        gates.release = resolve;
-      });
-      const holds = new Promise<void>((resolve) => {
-        gates.inside = resolve;
-      });
+      let release = (): Promise<void> => Promise.resolve();
       try {
-        const holding = database.db.connection().execute(async (connection) => {
-          await sql`select 1`.execute(connection);
-          gates.inside();
-          await held;
-        });
-        await holds;
+        release = await holdTransaction(database, (trx) => sql`select 1`.execute(trx));
         const waited = sql`select 2`.execute(database.db).then(
           () => "answered",
           (error: unknown) => String(error),
@@ -42,13 +35,12 @@ for (const dialect of serverDialectsUnderTest()) {
           outcome,
           /no free connection within 300 ms|timeout exceeded when trying to connect/,
         );
-        gates.release();
-        await holding;
+        await release();
         // The connection the abandoned wait was given went back to the pool: it serves again.
         const { rows } = await sql<{ x: number }>`select 3 as x`.execute(database.db);
         assert.equal(Number(rows[0]?.x), 3);
       } finally {
-        gates.release();
+        await release();
         await database.destroy();
         await test.drop();
       }

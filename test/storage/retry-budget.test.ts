@@ -7,7 +7,11 @@ import { SqlContactStore } from "../../src/storage/contact.store.js";
 import { openDatabase } from "../../src/storage/database.js";
 import { DatabaseError } from "../../src/storage/errors.js";
 import { migrateToLatest } from "../../src/storage/migrate.js";
-import { createTestDatabase, serverDialectsUnderTest } from "../support/databases.js";
+import {
+  createTestDatabase,
+  holdTransaction,
+  serverDialectsUnderTest,
+} from "../support/databases.js";
 
 for (const dialect of serverDialectsUnderTest()) {
   describe(`retries of a write to a customer locked elsewhere (${dialect})`, () => {
@@ -18,14 +22,7 @@ for (const dialect of serverDialectsUnderTest()) {
       const test = await createTestDatabase(dialect);
       const database = openDatabase(test.target, { poolSize: 3, lockTimeoutMs: 200 });
       const holder = openDatabase(test.target, { poolSize: 1, lockTimeoutMs: 5000 });
-      const gates = { release: (): void => undefined, inside: (): void => undefined };
-      const held = new Promise<void>((resolve) => {
-        gates.release = resolve;
-      });
-      const holds = new Promise<void>((resolve) => {
-        gates.inside = resolve;
-      });
-      let holding: Promise<void> = Promise.resolve();
+      let release = (): Promise<void> => Promise.resolve();
       try {
         await migrateToLatest(database);
         const plain = new IdentifyService(new SqlContactStore(database), new NoCache());
@@ -33,14 +30,11 @@ for (const dialect of serverDialectsUnderTest()) {
           email: "held@example.com",
           phoneNumber: "5550001",
         });
-        holding = holder.db.transaction().execute(async (trx) => {
-          await sql`select id from ${sql.ref("Contact")} where id = ${customer.primaryContactId} for update`.execute(
+        release = await holdTransaction(holder, (trx) =>
+          sql`select id from ${sql.ref("Contact")} where id = ${customer.primaryContactId} for update`.execute(
             trx,
-          );
-          gates.inside();
-          await held;
-        });
-        await holds;
+          ),
+        );
         const attempts: number[] = [];
         const store = new SqlContactStore(
           database,
@@ -57,8 +51,7 @@ for (const dialect of serverDialectsUnderTest()) {
         // first report is the simple path's (attempt 0), which the held lock made give up.
         assert.ok(attempts[0] === 0 && attempts.length <= 4, attempts.join());
       } finally {
-        gates.release();
-        await holding;
+        await release();
         await holder.destroy();
         await database.destroy();
         await test.drop();

@@ -3,12 +3,12 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before } from "node:test";
-import type { Insertable } from "kysely";
+import type { Insertable, Transaction } from "kysely";
 import { createConnection } from "mysql2/promise";
 import pg from "pg";
 import { openDatabase } from "../../src/storage/database.js";
 import type { Database, DatabaseTarget, DialectName } from "../../src/storage/database.js";
-import type { ContactTable } from "../../src/storage/schema.js";
+import type { ContactTable, DB } from "../../src/storage/schema.js";
 import { migrateToLatest } from "../../src/storage/migrate.js";
 
 /** A fresh, empty database owned by one test file; `drop` removes it. */
@@ -239,4 +239,32 @@ export async function keptAnswers(database: Database): Promise<Map<number, strin
   }
   const rows = await database.db.selectFrom("CustomerAnswer").selectAll().execute();
   return new Map(rows.map((row) => [row.primaryId, row.answer]));
+}
+
+/**
+ * Runs `statement` in a transaction of `database` and keeps the transaction open, with its
+ * connection and any lock it took, until the returned function is called (which resolves once
+ * the transaction has ended). Resolves once `statement` has run; rejects if it fails.
+ */
+export async function holdTransaction(
+  database: Database,
+  statement: (trx: Transaction<DB>) => Promise<unknown>,
+): Promise<() => Promise<void>> {
+  const gates = { release: (): void => undefined, inside: (): void => undefined };
+  const released = new Promise<void>((resolve) => {
+    gates.release = resolve;
+  });
+  const inside = new Promise<void>((resolve) => {
+    gates.inside = resolve;
+  });
+  const done = database.db.transaction().execute(async (trx) => {
+    await statement(trx);
+    gates.inside();
+    await released;
+  });
+  await Promise.race([inside, done]);
+  return async () => {
+    gates.release();
+    await done;
+  };
 }
