@@ -1,9 +1,10 @@
 import { rootMessage } from "./error-message.js";
-import type { CustomerCache } from "./cache/customer-cache.js";
+import type { CacheDebtLedger, CustomerCache } from "./cache/customer-cache.js";
 import { NoCache } from "./cache/customer-cache.js";
 import { MemoryCustomerCache } from "./cache/memory.cache.js";
 import type { Config } from "./config.js";
 import { IdentifyService } from "./service/identify.service.js";
+import { SqlCacheDebtLedger } from "./storage/cache-debt.repository.js";
 import { DEFAULT_RETRY_POLICY, SqlContactStore } from "./storage/contact.store.js";
 import { describeTarget, openDatabase } from "./storage/database.js";
 import type { Database, DatabaseOptions } from "./storage/database.js";
@@ -143,6 +144,7 @@ export async function createCache(
   config: Config,
   logger: FastifyBaseLogger,
   databaseVersion: (() => number) | null,
+  ledger: CacheDebtLedger | null = null,
 ): Promise<{ readonly cache: CustomerCache; readonly redis: Redis | null }> {
   if (config.cache === "off") {
     return { cache: new NoCache(), redis: null };
@@ -172,6 +174,7 @@ export async function createCache(
       prefix: config.cachePrefix,
       ttlSeconds: config.cacheTtlSeconds,
       timeoutMs: config.cacheTimeoutMs,
+      ...(ledger === null ? {} : { ledger }),
     },
     {
       onUnavailable: (reason) => {
@@ -279,7 +282,12 @@ export async function createDeps(config: Config, logger: FastifyBaseLogger): Pro
   let security: SecurityOptions;
   try {
     const { sqlite } = database;
-    built = await createCache(config, logger, sqlite === null ? null : () => sqlite.dataVersion());
+    built = await createCache(
+      config,
+      logger,
+      sqlite === null ? null : () => sqlite.dataVersion(),
+      new SqlCacheDebtLedger(database),
+    );
     security = await securityOf(config, logger, built.redis);
   } catch (error) {
     await built?.cache.close().catch(() => undefined);

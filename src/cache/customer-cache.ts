@@ -128,6 +128,35 @@ export interface CustomerCache {
   close(): Promise<void>;
 }
 
+/**
+ * A publication a cache owes its backend: a floor (no entry of the customer older than `version`
+ * may stay or be stored) or a tombstone (a primary merged away).
+ */
+export type CacheDebt =
+  { readonly kind: "floor"; readonly version: number } | { readonly kind: "tombstone" };
+
+/** A debt as the ledger holds it: its row, and the customer (primary id) it is owed for. */
+export interface RecordedDebt {
+  readonly id: number;
+  readonly primaryId: number;
+  readonly debt: CacheDebt;
+}
+
+/**
+ * Debts kept where every instance can read them (the database, migration 0009). A writer whose
+ * publication failed records its debts here before it answers; any instance that reaches the
+ * shared cache pays them and removes them. So a debt outlives the instance that owed it (it died,
+ * or cannot reach the cache while the others can), and paying twice is harmless: a floor only
+ * raises, a tombstone stays.
+ */
+export interface CacheDebtLedger {
+  record(debts: readonly (readonly [primaryId: number, debt: CacheDebt])[]): Promise<void>;
+  /** The oldest `limit` debts recorded (by row id), paid or not by another instance meanwhile. */
+  owed(limit: number): Promise<RecordedDebt[]>;
+  /** Removes the rows of debts paid. */
+  paid(ids: readonly number[]): Promise<void>;
+}
+
 /** The hex SHA-256 of a primary contact id: the cache key of its customer (under the prefix). */
 export function customerDigest(primaryId: number): string {
   return hash("sha256", String(primaryId), "hex");

@@ -6,7 +6,14 @@ import type { Customer, IdentifyRequest } from "../domain/contact.js";
 import { endOfTurn } from "../end-of-turn.js";
 import { customerHolds, identifierDigest, identifierKeys } from "../domain/contact.js";
 import { customerDigest, emptyStats, leadOf, MISS, versionOf } from "./customer-cache.js";
-import type { CacheLookup, CacheStats, CustomerCache, FillTicket } from "./customer-cache.js";
+import type {
+  CacheDebt,
+  CacheDebtLedger,
+  CacheLookup,
+  CacheStats,
+  CustomerCache,
+  FillTicket,
+} from "./customer-cache.js";
 
 export interface RedisCacheOptions {
   readonly url: string;
@@ -15,7 +22,18 @@ export interface RedisCacheOptions {
   readonly ttlSeconds: number;
   /** A command slower than this counts as a failure; the request goes on without the cache. */
   readonly timeoutMs: number;
+  /**
+   * Where a publication that failed is recorded before the writer answers, for any instance to
+   * pay (the database); without one, the debt lives in this instance's memory only.
+   */
+  readonly ledger?: CacheDebtLedger;
+  /** How often the ledger is read for debts to pay while Redis is reachable; 1000 by default. */
+  readonly ledgerPollMs?: number;
 }
+
+/** Debts read from the ledger at a time, and pages paid at most per poll. */
+const LEDGER_PAGE = 100;
+const LEDGER_PAGES_PER_POLL = 50;
 
 /** What the cache tells its operator: a state change, with the reason. */
 export interface CacheEvents {
@@ -209,15 +227,14 @@ export function acceleratorRedisOptions(timeoutMs: number): RedisOptions {
   };
 }
 
-/** A publication owed to Redis: a floor at the version answered, or a tombstone. */
-type Debt = { readonly kind: "floor"; readonly version: number } | { readonly kind: "tombstone" };
-
 /**
  * The cache in Redis, shared by every instance. Redis is an accelerator: commands time out after
  * `timeoutMs`, nothing is queued while it is disconnected (ioredis reconnects on its own), and
  * every failure degrades to a database read. A publication that fails is owed (the entry dropped,
  * the tombstones written) and retried; until it goes through, this instance neither reads nor
- * fills the cache.
+ * fills the cache. With a ledger, the debt is also recorded in the database before the writer
+ * answers, and every instance pays the ledger's debts while it reaches Redis: so another instance
+ * stops answering the state before that write within a poll, and a debt survives its instance.
  */
 export class RedisCustomerCache implements CustomerCache {
   readonly kind = "redis" as const;
@@ -229,8 +246,13 @@ export class RedisCustomerCache implements CustomerCache {
   }
   private readonly counters = emptyStats();
   /** Writes owed to Redis: per primary id, drop its entry or make it a tombstone. */
-  private readonly pending = new Map<number, Debt>();
+  private readonly pending = new Map<number, CacheDebt>();
   private retryTimer: NodeJS.Timeout | null = null;
+  private ledgerTimer: NodeJS.Timeout | null = null;
+  /** The ledger's payment under way, if any (one at a time; `close` waits for it). */
+  private ledgerPayment: Promise<void> | null = null;
+  /** Set while the ledger cannot be read or written: its failures are logged once, not per poll. */
+  private ledgerFailing = false;
   private reachable = true;
   /**
    * Where this cache's keys live: the prefix, then the first 12 hex digits of the Redis process's
@@ -274,6 +296,14 @@ export class RedisCustomerCache implements CustomerCache {
     this.redis.on("close", () => {
       this.namespace = null;
     });
+    if (options.ledger !== undefined) {
+      this.ledgerTimer = setInterval(() => {
+        this.ledgerPayment ??= this.payLedger().finally(() => {
+          this.ledgerPayment = null;
+        });
+      }, options.ledgerPollMs ?? 1000);
+      this.ledgerTimer.unref();
+    }
   }
 
   /**
@@ -569,12 +599,90 @@ export class RedisCustomerCache implements CustomerCache {
     }
     // Owed from now on: a floor at this version (so no older entry can stay or be stored) and the
     // tombstones. Until they are paid this instance does not read the cache at all.
-    this.owe(primaryId, { kind: "floor", version });
-    for (const id of demotedPrimaryIds) {
-      this.owe(id, { kind: "tombstone" });
+    const floor: CacheDebt = { kind: "floor", version };
+    const tombstones = demotedPrimaryIds.map((id) => [id, { kind: "tombstone" }] as const);
+    this.owe(primaryId, floor);
+    for (const [id, tombstone] of tombstones) {
+      this.owe(id, tombstone);
     }
     this.failed(failure);
     this.scheduleRetry();
+    // A floor at version 1 refuses nothing (no state of a customer is older than its first): the
+    // ledger gets none, so a Redis outage does not cost every new customer a row there.
+    await this.recordInLedger(version > 1 ? [[primaryId, floor], ...tombstones] : tombstones);
+  }
+
+  /**
+   * Records a failed publication's debts in the ledger before the writer answers. If the database
+   * refuses them, they stay in this instance's memory only (as without a ledger); logged.
+   */
+  private async recordInLedger(debts: readonly (readonly [number, CacheDebt])[]): Promise<void> {
+    const { ledger } = this.options;
+    if (ledger === undefined || debts.length === 0) {
+      return;
+    }
+    try {
+      await ledger.record(debts);
+      this.ledgerRecovered();
+    } catch (error) {
+      this.ledgerFailed("could not be recorded", error);
+    }
+  }
+
+  /**
+   * Pays the ledger's debts, whoever recorded them, while Redis is reachable: reads them oldest
+   * first, settles them in Redis, then deletes their rows; page after page, up to a bound per
+   * poll. Another instance may pay the same debts at the same time: settling twice is harmless.
+   */
+  private async payLedger(): Promise<void> {
+    const { ledger } = this.options;
+    if (ledger === undefined) {
+      return;
+    }
+    try {
+      for (let page = 0; page < LEDGER_PAGES_PER_POLL; page++) {
+        // Read again at every page: Redis may have gone (or restarted) meanwhile.
+        const ns = this.namespace;
+        if (ns === null) {
+          return;
+        }
+        const owed = await ledger.owed(LEDGER_PAGE);
+        this.ledgerRecovered();
+        if (owed.length === 0) {
+          return;
+        }
+        try {
+          await this.settle(
+            ns,
+            owed.map(({ primaryId, debt }) => [primaryId, debt] as const),
+          );
+        } catch (error) {
+          this.failed(error);
+          return;
+        }
+        this.counters.publications += owed.length;
+        await ledger.paid(owed.map(({ id }) => id));
+        if (owed.length < LEDGER_PAGE) {
+          return;
+        }
+      }
+    } catch (error) {
+      this.ledgerFailed("could not be read or cleared", error);
+    }
+  }
+
+  private ledgerFailed(what: string, error: unknown): void {
+    if (!this.ledgerFailing) {
+      this.ledgerFailing = true;
+      const reason = error instanceof Error ? error.message : String(error);
+      this.events.onWarning?.(
+        `cache debts ${what} in the database (${reason}): another instance may answer from an older cache entry until they are paid`,
+      );
+    }
+  }
+
+  private ledgerRecovered(): void {
+    this.ledgerFailing = false;
   }
 
   /**
@@ -582,7 +690,7 @@ export class RedisCustomerCache implements CustomerCache {
    * two floors. Two failed publications of one customer can finish out of order; a floor lowered
    * by the older one would let its older state back once paid.
    */
-  private owe(primaryId: number, debt: Debt): void {
+  private owe(primaryId: number, debt: CacheDebt): void {
     const owed = this.pending.get(primaryId);
     if (
       owed?.kind === "tombstone" ||
@@ -606,6 +714,11 @@ export class RedisCustomerCache implements CustomerCache {
       clearTimeout(this.retryTimer);
       this.retryTimer = null;
     }
+    if (this.ledgerTimer !== null) {
+      clearInterval(this.ledgerTimer);
+      this.ledgerTimer = null;
+    }
+    await this.ledgerPayment;
     if (this.pending.size > 0) {
       await this.flushPending();
     }
@@ -618,7 +731,7 @@ export class RedisCustomerCache implements CustomerCache {
   }
 
   /** Pays the owed publications: floors and tombstones, each with a new generation. */
-  private async settle(ns: string, owed: readonly [number, Debt][]): Promise<void> {
+  private async settle(ns: string, owed: readonly (readonly [number, CacheDebt])[]): Promise<void> {
     const pipeline = this.redis.multi() as unknown as {
       identitySettle(...args: (string | number)[]): unknown;
       exec(): Promise<[Error | null, unknown][] | null>;

@@ -10,6 +10,7 @@ import { lockOnlyPrimaries } from "./migrations/0005-lock-only-primaries.js";
 import { createPostgresIdentify } from "./migrations/0006-create-postgres-identify.js";
 import { createMysqlIdentify } from "./migrations/0007-create-mysql-identify.js";
 import { createPostgresIdentifyExpected } from "./migrations/0008-postgres-identify-expected.js";
+import { createCacheDebt } from "./migrations/0009-create-cache-debt.js";
 
 /** Every migration, in order. Names are frozen once released. */
 function migrations(dialect: Database["dialect"]): Record<string, Migration> {
@@ -22,6 +23,7 @@ function migrations(dialect: Database["dialect"]): Record<string, Migration> {
     "0006-create-postgres-identify": createPostgresIdentify(dialect),
     "0007-create-mysql-identify": createMysqlIdentify(dialect),
     "0008-postgres-identify-expected": createPostgresIdentifyExpected(dialect),
+    "0009-create-cache-debt": createCacheDebt(dialect),
   };
 }
 

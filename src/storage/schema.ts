@@ -40,10 +40,23 @@ export interface CustomerAnswerTable {
   answer: string;
 }
 
+/**
+ * What the cache owes Redis, for any instance to pay (migration 0009): a floor at `version` for
+ * the customer of `primaryId`, or a tombstone (`version` 0) for a primary merged away.
+ */
+export interface CacheDebtTable {
+  id: Generated<number>;
+  primaryId: number;
+  kind: "floor" | "tombstone";
+  version: number;
+  createdAt: Timestamp;
+}
+
 export interface DB {
   Contact: ContactTable;
   ContactMerge: ContactMergeTable;
   CustomerAnswer: CustomerAnswerTable;
+  CacheDebt: CacheDebtTable;
 }
 
 export type ContactRow = Selectable<ContactTable>;

@@ -308,7 +308,7 @@ for (const dialect of dialectsUnderTest()) {
           assertOneLineFailure(
             await identity(args, freshEnv),
             1,
-            /^DATABASE_URL: cannot read .*: the schema is not migrated \(pending: 0001-create-contact, 0002-create-contact-merge, 0003-create-customer-answer, 0004-create-mysql-procedures, 0005-lock-only-primaries, 0006-create-postgres-identify, 0007-create-mysql-identify, 0008-postgres-identify-expected\); run identity migrate$/,
+            /^DATABASE_URL: cannot read .*: the schema is not migrated \(pending: 0001-create-contact, 0002-create-contact-merge, 0003-create-customer-answer, 0004-create-mysql-procedures, 0005-lock-only-primaries, 0006-create-postgres-identify, 0007-create-mysql-identify, 0008-postgres-identify-expected, 0009-create-cache-debt\); run identity migrate$/,
           );
         }
         assert.deepEqual(await pendingMigrations(unmigrated), [
@@ -320,6 +320,7 @@ for (const dialect of dialectsUnderTest()) {
           "0006-create-postgres-identify",
           "0007-create-mysql-identify",
           "0008-postgres-identify-expected",
+          "0009-create-cache-debt",
         ]);
       } finally {
         await unmigrated.destroy();

@@ -46,7 +46,7 @@ for (const dialect of dialectsUnderTest()) {
       );
       const outputs = runs.map((run) => run.stdout.trim().replace(/^.*: /, "")).sort();
       assert.deepEqual(outputs, [
-        "applied 0001-create-contact, 0002-create-contact-merge, 0003-create-customer-answer, 0004-create-mysql-procedures, 0005-lock-only-primaries, 0006-create-postgres-identify, 0007-create-mysql-identify, 0008-postgres-identify-expected",
+        "applied 0001-create-contact, 0002-create-contact-merge, 0003-create-customer-answer, 0004-create-mysql-procedures, 0005-lock-only-primaries, 0006-create-postgres-identify, 0007-create-mysql-identify, 0008-postgres-identify-expected, 0009-create-cache-debt",
         "schema is up to date",
         "schema is up to date",
       ]);
@@ -166,14 +166,14 @@ for (const dialect of dialectsUnderTest()) {
           /schema is newer than this build \(9999-from-a-newer-build\): nothing to apply/,
         );
         // Newer, yet without one of this build's migrations: not a schema this build can use.
-        await forget("0008-postgres-identify-expected");
+        await forget("0009-create-cache-debt");
         try {
           await assert.rejects(
             migrateToLatest(database),
-            /migrated by a newer build \(9999-from-a-newer-build\) and lacks 0008-postgres-identify-expected/,
+            /migrated by a newer build \(9999-from-a-newer-build\) and lacks 0009-create-cache-debt/,
           );
         } finally {
-          await record("0008-postgres-identify-expected");
+          await record("0009-create-cache-debt");
         }
       } finally {
         await forget("9999-from-a-newer-build");
@@ -280,6 +280,7 @@ if (dialectsUnderTest().includes("mysql")) {
         "0006-create-postgres-identify",
         "0007-create-mysql-identify",
         "0008-postgres-identify-expected",
+        "0009-create-cache-debt",
       ]);
       assert.deepEqual(await schemaObjects(), complete);
       assert.deepEqual(complete, [
@@ -307,6 +308,7 @@ if (dialectsUnderTest().includes("mysql")) {
           "0006-create-postgres-identify",
           "0007-create-mysql-identify",
           "0008-postgres-identify-expected",
+          "0009-create-cache-debt",
         ]);
         assert.deepEqual(await schemaObjects(resumed, "ContactMerge"), [
           "ContactMerge_check",
@@ -333,6 +335,7 @@ if (dialectsUnderTest().includes("mysql")) {
           "0006-create-postgres-identify",
           "0007-create-mysql-identify",
           "0008-postgres-identify-expected",
+          "0009-create-cache-debt",
         ]);
         const procedures = await sql<{ name: string }>`
           select routine_name as name from information_schema.routines

@@ -9,7 +9,13 @@ import { SqlContactStore } from "../../src/storage/contact.store.js";
 import { openDatabase } from "../../src/storage/database.js";
 import type { Database, DialectName } from "../../src/storage/database.js";
 import { migrateToLatest } from "../../src/storage/migrate.js";
-import { createTestDatabase, dialectsUnderTest, insertContact } from "../support/databases.js";
+import {
+  createTestDatabase,
+  dialectsUnderTest,
+  explain,
+  fullScan,
+  insertContact,
+} from "../support/databases.js";
 import type { TestDatabase } from "../support/databases.js";
 
 interface Statement {
@@ -357,39 +363,4 @@ if (dialectsUnderTest().includes("postgres")) {
       });
     });
   });
-}
-
-function fullScan(dialect: DialectName): RegExp {
-  switch (dialect) {
-    case "sqlite":
-      return /SCAN (Contact|CustomerAnswer)(?! USING)/;
-    case "postgres":
-      return /"Node Type": "Seq Scan",[^}]*"Relation Name": "Contact"/;
-    case "mysql":
-      // Any table but a derived one, by name or by alias (the customers read aliases Contact).
-      return /"table":"(?!<derived)[^"]*"[^}]*"type":"ALL"|"type":"ALL"[^}]*"table":"(?!<derived)/;
-  }
-}
-
-async function explain(database: Database, statement: Statement): Promise<string> {
-  const run = async (text: string, parameters: readonly unknown[]) =>
-    (await database.db.executeQuery(CompiledQuery.raw(text, [...parameters]))).rows;
-  switch (database.dialect) {
-    case "sqlite":
-      return JSON.stringify(
-        await run(`explain query plan ${statement.sql}`, statement.parameters),
-      ).replace(/\\"/g, '"');
-    case "postgres":
-      // The service's connections plan with enable_seqscan off (storage/database.ts), so a scan
-      // in the plan means that no index can serve the statement.
-      return JSON.stringify(
-        await run(`explain (format json) ${statement.sql}`, statement.parameters),
-        null,
-        1,
-      )
-        .replace(/\s+/g, " ")
-        .replace(/\\"/g, '"');
-    case "mysql":
-      return JSON.stringify(await run(`explain ${statement.sql}`, statement.parameters));
-  }
 }

@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before } from "node:test";
+import { CompiledQuery } from "kysely";
 import type { Insertable, Transaction } from "kysely";
 import { createConnection } from "mysql2/promise";
 import pg from "pg";
@@ -267,4 +268,51 @@ export async function holdTransaction(
     gates.release();
     await done;
   };
+}
+
+/**
+ * What a full scan of one of `tables` looks like in `explain`'s text for `dialect` (on
+ * MySQL/MariaDB, a scan of any table but a derived one).
+ */
+export function fullScan(
+  dialect: DialectName,
+  tables: readonly string[] = ["Contact", "CustomerAnswer"],
+): RegExp {
+  const names = tables.join("|");
+  switch (dialect) {
+    case "sqlite":
+      return new RegExp(`SCAN (${names})(?! USING)`);
+    case "postgres":
+      return new RegExp(`"Node Type": "Seq Scan",[^}]*"Relation Name": "(${names})"`);
+    case "mysql":
+      // Any table but a derived one, by name or by alias (the customers read aliases Contact).
+      return /"table":"(?!<derived)[^"]*"[^}]*"type":"ALL"|"type":"ALL"[^}]*"table":"(?!<derived)/;
+  }
+}
+
+/** The plan of `statement` as the database explains it, as text (JSON, quotes unescaped). */
+export async function explain(
+  database: Database,
+  statement: { readonly sql: string; readonly parameters: readonly unknown[] },
+): Promise<string> {
+  const run = async (text: string, parameters: readonly unknown[]) =>
+    (await database.db.executeQuery(CompiledQuery.raw(text, [...parameters]))).rows;
+  switch (database.dialect) {
+    case "sqlite":
+      return JSON.stringify(
+        await run(`explain query plan ${statement.sql}`, statement.parameters),
+      ).replace(/\\"/g, '"');
+    case "postgres":
+      // The service's connections plan with enable_seqscan off (storage/database.ts), so a scan
+      // in the plan means that no index can serve the statement.
+      return JSON.stringify(
+        await run(`explain (format json) ${statement.sql}`, statement.parameters),
+        null,
+        1,
+      )
+        .replace(/\s+/g, " ")
+        .replace(/\\"/g, '"');
+    case "mysql":
+      return JSON.stringify(await run(`explain ${statement.sql}`, statement.parameters));
+  }
 }
