@@ -102,9 +102,13 @@ const NEWER = `
 local function newer(key, version)
   local current = redis.call('GET', key)
   if not current then return true end
-  local entry = cjson.decode(current)
+  -- An entry that is not one of ours (not JSON, no version) is replaced, not an error: an error
+  -- would fail every script that meets it (a ledger's page of debts would never be paid).
+  local ok, entry = pcall(cjson.decode, current)
+  if not ok or type(entry) ~= 'table' then return true end
   if entry.demoted then return false end
   if entry.floor then return version >= entry.floor end
+  if type(entry.secondaryContactIds) ~= 'table' then return true end
   return #entry.secondaryContactIds + 1 < version
 end
 `;
@@ -253,6 +257,8 @@ export class RedisCustomerCache implements CustomerCache {
   private ledgerPayment: Promise<void> | null = null;
   /** Set while the ledger cannot be read or written: its failures are logged once, not per poll. */
   private ledgerFailing = false;
+  /** Set by `close`: a ledger payment under way stops at its next page. */
+  private closing = false;
   private reachable = true;
   /**
    * Where this cache's keys live: the prefix, then the first 12 hex digits of the Redis process's
@@ -640,15 +646,17 @@ export class RedisCustomerCache implements CustomerCache {
       return;
     }
     try {
-      for (let page = 0; page < LEDGER_PAGES_PER_POLL; page++) {
-        // Read again at every page: Redis may have gone (or restarted) meanwhile.
+      for (let page = 0; page < LEDGER_PAGES_PER_POLL && !this.closing; page++) {
         const ns = this.namespace;
         if (ns === null) {
           return;
         }
         const owed = await ledger.owed(LEDGER_PAGE);
         this.ledgerRecovered();
-        if (owed.length === 0) {
+        // Redis may have gone, or come back as another server (a new namespace), while the
+        // database answered: paid into the namespace of before, the debts would be deleted unpaid.
+        // Checked in the tick that sends them, as flushPending does.
+        if (owed.length === 0 || this.namespace !== ns) {
           return;
         }
         try {
@@ -714,6 +722,7 @@ export class RedisCustomerCache implements CustomerCache {
       clearTimeout(this.retryTimer);
       this.retryTimer = null;
     }
+    this.closing = true;
     if (this.ledgerTimer !== null) {
       clearInterval(this.ledgerTimer);
       this.ledgerTimer = null;

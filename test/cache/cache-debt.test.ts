@@ -2,6 +2,9 @@ import assert from "node:assert/strict";
 import { afterEach, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import type { Customer } from "../../src/domain/contact.js";
+import { Redis } from "ioredis";
+import { customerDigest } from "../../src/cache/customer-cache.js";
+import type { CacheDebtLedger } from "../../src/cache/customer-cache.js";
 import { RedisCustomerCache } from "../../src/cache/redis.cache.js";
 import { SqlCacheDebtLedger } from "../../src/storage/cache-debt.repository.js";
 import { openDatabase } from "../../src/storage/database.js";
@@ -175,6 +178,102 @@ for (const dialect of dialectsUnderTest()) {
         } finally {
           await writer.close();
           await other.close();
+          await own.stop();
+        }
+      });
+
+      it("pays a page of debts even where a key holds something that is not an entry", async () => {
+        const own = await startOwnRedis();
+        const ledger = new SqlCacheDebtLedger(suite.database);
+        const admin = new Redis(own.url);
+        const payer = new RedisCustomerCache({
+          url: own.url,
+          prefix: "identity:v1:",
+          ttlSeconds: 3600,
+          timeoutMs: 200,
+          ledger,
+          ledgerPollMs: 20,
+        });
+        try {
+          assert.ok(await payer.waitUntilReady(5000));
+          const [a, b] = [freshCustomer(), freshCustomer()];
+          const info = await admin.info();
+          const ids = ["run_id", "master_replid"].map(
+            (field) => new RegExp(`^${field}:([0-9a-f]{12})`, "m").exec(info)?.[1] ?? "",
+          );
+          const key = `identity:v1:${ids.join("")}:${customerDigest(a.customer.primaryContactId)}`;
+          await admin.set(key, "not json");
+          await ledger.record([
+            [a.customer.primaryContactId, { kind: "floor", version: 3 }],
+            [b.customer.primaryContactId, { kind: "floor", version: 3 }],
+          ]);
+          for (let i = 0; i < 100 && (await ledger.owed(10)).length > 0; i++) {
+            await sleep(20);
+          }
+          assert.deepEqual(await ledger.owed(10), [], "the whole page is paid");
+          assert.deepEqual(JSON.parse((await admin.get(key)) ?? "null"), { floor: 3 });
+        } finally {
+          admin.disconnect();
+          await payer.close();
+          await own.stop();
+        }
+      });
+
+      it("does not forget debts it read while Redis came back as another server", async () => {
+        const own = await startOwnRedis();
+        const ledger = new SqlCacheDebtLedger(suite.database);
+        const { request, customer } = freshCustomer();
+        await ledger.record([[customer.primaryContactId, { kind: "floor", version: 2 }]]);
+        // The ledger itself, with its first read held until the test lets it answer.
+        let reads = 0;
+        const gate: { answer: (() => void) | null } = { answer: null };
+        const held: CacheDebtLedger = {
+          record: (debts) => ledger.record(debts),
+          paid: (ids) => ledger.paid(ids),
+          owed: async (limit) => {
+            const rows = await ledger.owed(limit);
+            if (++reads === 1) {
+              await new Promise<void>((resolve) => (gate.answer = resolve));
+            }
+            return rows;
+          },
+        };
+        const payer = new RedisCustomerCache({
+          url: own.url,
+          prefix: "identity:v1:",
+          ttlSeconds: 3600,
+          timeoutMs: 200,
+          ledger: held,
+          ledgerPollMs: 20,
+        });
+        try {
+          assert.ok(await payer.waitUntilReady(5000));
+          for (let i = 0; i < 100 && gate.answer === null; i++) {
+            await sleep(10);
+          }
+          // Restarted while the page was read: a new run id, so a new namespace, where a reader
+          // stores version 1 (its database read came before the writer's commit).
+          await own.stop();
+          for (let i = 0; i < 100 && payer.available(); i++) {
+            await sleep(10);
+          }
+          await own.start();
+          assert.ok(await payer.waitUntilReady(5000));
+          await payer.publish(customer, [], request);
+          assert.deepEqual((await payer.lookup(request)).customer, customer);
+          assert.ok(gate.answer !== null);
+          gate.answer();
+          for (let i = 0; i < 100 && (await ledger.owed(10)).length > 0; i++) {
+            await sleep(20);
+          }
+          assert.deepEqual(await ledger.owed(10), []);
+          assert.equal(
+            (await payer.lookup(request)).customer,
+            null,
+            "the floor was paid where the keys are now, not where they were",
+          );
+        } finally {
+          await payer.close();
           await own.stop();
         }
       });
