@@ -190,6 +190,14 @@ end
 return 1
 `;
 
+/** True when `owed` is at least as strong as `debt`: a tombstone, or a floor as high or higher. */
+function outranks(owed: CacheDebt | undefined, debt: CacheDebt): boolean {
+  return (
+    owed?.kind === "tombstone" ||
+    (owed?.kind === "floor" && debt.kind === "floor" && owed.version >= debt.version)
+  );
+}
+
 /** One lookup's result: [digest, entry, generation?], or ['', ...entries] (the lead's). */
 type LookupResult = [string, ...string[]];
 
@@ -255,8 +263,13 @@ export class RedisCustomerCache implements CustomerCache {
   private ledgerTimer: NodeJS.Timeout | null = null;
   /** The ledger's payment under way, if any (one at a time; `close` waits for it). */
   private ledgerPayment: Promise<void> | null = null;
-  /** Set while the ledger cannot be read or written: its failures are logged once, not per poll. */
-  private ledgerFailing = false;
+  /**
+   * Debts the ledger refused to record (the database failed right after a COMMIT): recorded again
+   * at each poll while this instance still owes them.
+   */
+  private readonly unrecorded = new Map<number, CacheDebt>();
+  /** Set while the ledger refuses records, or its payment fails: each logged once per streak. */
+  private readonly ledgerFailing = { record: false, payment: false };
   /** Set by `close`: a ledger payment under way stops at its next page. */
   private closing = false;
   private reachable = true;
@@ -304,9 +317,11 @@ export class RedisCustomerCache implements CustomerCache {
     });
     if (options.ledger !== undefined) {
       this.ledgerTimer = setInterval(() => {
-        this.ledgerPayment ??= this.payLedger().finally(() => {
-          this.ledgerPayment = null;
-        });
+        this.ledgerPayment ??= this.recordAgain()
+          .then(() => this.payLedger())
+          .finally(() => {
+            this.ledgerPayment = null;
+          });
       }, options.ledgerPollMs ?? 1000);
       this.ledgerTimer.unref();
     }
@@ -629,10 +644,22 @@ export class RedisCustomerCache implements CustomerCache {
     }
     try {
       await ledger.record(debts);
-      this.ledgerRecovered();
+      this.ledgerFailing.record = false;
     } catch (error) {
-      this.ledgerFailed("could not be recorded", error);
+      for (const [id, debt] of debts) {
+        if (!outranks(this.unrecorded.get(id), debt)) {
+          this.unrecorded.set(id, debt);
+        }
+      }
+      this.ledgerFailed("record", error);
     }
+  }
+
+  /** Records again the debts the ledger refused, those this instance has not paid itself since. */
+  private async recordAgain(): Promise<void> {
+    const still = [...this.unrecorded].filter(([id]) => this.pending.has(id));
+    this.unrecorded.clear();
+    await this.recordInLedger(still);
   }
 
   /**
@@ -652,7 +679,7 @@ export class RedisCustomerCache implements CustomerCache {
           return;
         }
         const owed = await ledger.owed(LEDGER_PAGE);
-        this.ledgerRecovered();
+        this.ledgerFailing.payment = false;
         // Redis may have gone, or come back as another server (a new namespace), while the
         // database answered: paid into the namespace of before, the debts would be deleted unpaid.
         // Checked in the tick that sends them, as flushPending does.
@@ -675,22 +702,21 @@ export class RedisCustomerCache implements CustomerCache {
         }
       }
     } catch (error) {
-      this.ledgerFailed("could not be read or cleared", error);
+      this.ledgerFailed("payment", error);
     }
   }
 
-  private ledgerFailed(what: string, error: unknown): void {
-    if (!this.ledgerFailing) {
-      this.ledgerFailing = true;
-      const reason = error instanceof Error ? error.message : String(error);
-      this.events.onWarning?.(
-        `cache debts ${what} in the database (${reason}): another instance may answer from an older cache entry until they are paid`,
-      );
+  private ledgerFailed(what: "record" | "payment", error: unknown): void {
+    if (this.ledgerFailing[what]) {
+      return;
     }
-  }
-
-  private ledgerRecovered(): void {
-    this.ledgerFailing = false;
+    this.ledgerFailing[what] = true;
+    const reason = error instanceof Error ? error.message : String(error);
+    this.events.onWarning?.(
+      what === "record"
+        ? `cache debts could not be recorded in the database (${reason}): another instance may answer from an older cache entry until this one pays them to Redis or records them (tried again every poll)`
+        : `cache debts could not be read or cleared in the database (${reason}): another instance may answer from an older cache entry until they are paid`,
+    );
   }
 
   /**
@@ -699,14 +725,9 @@ export class RedisCustomerCache implements CustomerCache {
    * by the older one would let its older state back once paid.
    */
   private owe(primaryId: number, debt: CacheDebt): void {
-    const owed = this.pending.get(primaryId);
-    if (
-      owed?.kind === "tombstone" ||
-      (owed?.kind === "floor" && debt.kind === "floor" && owed.version >= debt.version)
-    ) {
-      return;
+    if (!outranks(this.pending.get(primaryId), debt)) {
+      this.pending.set(primaryId, debt);
     }
-    this.pending.set(primaryId, debt);
   }
 
   stats(): CacheStats {
@@ -731,6 +752,8 @@ export class RedisCustomerCache implements CustomerCache {
     if (this.pending.size > 0) {
       await this.flushPending();
     }
+    // What Redis did not take, the ledger may: for the other instances to pay.
+    await this.recordAgain();
     this.redis.disconnect();
   }
 

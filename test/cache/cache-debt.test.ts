@@ -127,6 +127,47 @@ for (const dialect of dialectsUnderTest()) {
       await createCacheDebt(dialect).up(suite.database.db);
     });
 
+    it("records again a debt that the database refused, and says so", async () => {
+      const ledger = new SqlCacheDebtLedger(suite.database);
+      let refusals = 1;
+      const refusing: CacheDebtLedger = {
+        record: (debts) =>
+          refusals-- > 0 ? Promise.reject(new Error("refused")) : ledger.record(debts),
+        owed: (limit) => ledger.owed(limit),
+        paid: (ids) => ledger.paid(ids),
+      };
+      const warnings: string[] = [];
+      const writer = new RedisCustomerCache(
+        {
+          url: `redis://127.0.0.1:${await freePort()}`,
+          prefix: "identity:v1:",
+          ttlSeconds: 3600,
+          timeoutMs: 100,
+          ledger: refusing,
+          ledgerPollMs: 50,
+        },
+        { onWarning: (message) => warnings.push(message) },
+      );
+      try {
+        const { request, customer } = freshCustomer();
+        const v2: Customer = { ...customer, secondaryContactIds: [customer.primaryContactId + 1] };
+        await writer.publish(v2, [], request);
+        assert.ok(
+          warnings.some((w) => w.startsWith("cache debts could not be recorded in the database")),
+          warnings.join("\n"),
+        );
+        for (let i = 0; i < 40 && (await ledger.owed(10)).length === 0; i++) {
+          await sleep(50);
+        }
+        assert.deepEqual(
+          (await ledger.owed(10)).map(({ primaryId, debt }) => [primaryId, debt]),
+          [[customer.primaryContactId, { kind: "floor", version: 2 }]],
+        );
+      } finally {
+        await writer.close();
+      }
+    });
+
     if (testRedisUrl() !== null) {
       it("lets another instance pay what a writer that cannot reach Redis owes, and forget it", async () => {
         const own = await startOwnRedis();
