@@ -4,7 +4,7 @@ import { setTimeout as sleep } from "node:timers/promises";
 import type { Customer } from "../../src/domain/contact.js";
 import { Redis } from "ioredis";
 import { customerDigest } from "../../src/cache/customer-cache.js";
-import type { CacheDebtLedger } from "../../src/cache/customer-cache.js";
+import type { CacheDebtLedger, RecordedDebt } from "../../src/cache/customer-cache.js";
 import { RedisCustomerCache } from "../../src/cache/redis.cache.js";
 import { SqlCacheDebtLedger } from "../../src/storage/cache-debt.repository.js";
 import { openDatabase } from "../../src/storage/database.js";
@@ -17,6 +17,22 @@ import {
 } from "../support/databases.js";
 import { freshCustomer } from "../support/customers.js";
 import { freePort, startOwnRedis, testRedisUrl } from "../support/redis.js";
+
+/** Waits (up to 2 s) until the ledger holds no debt; returns what it still holds. */
+async function paidOff(ledger: CacheDebtLedger): Promise<RecordedDebt[]> {
+  let owed = await ledger.owed(10);
+  for (let i = 0; i < 100 && owed.length > 0; i++) {
+    await sleep(20);
+    owed = await ledger.owed(10);
+  }
+  return owed;
+}
+
+/** An instance on the Redis at `url` that pays `ledger` every 20 ms. */
+function payerOf(url: string, ledger: CacheDebtLedger): RedisCustomerCache {
+  const options = { prefix: "identity:v1:", ttlSeconds: 3600, timeoutMs: 200 };
+  return new RedisCustomerCache({ ...options, url, ledger, ledgerPollMs: 20 });
+}
 
 /**
  * The ledger of the cache's debts (migration 0009, README Cache): a writer whose publication to
@@ -178,7 +194,7 @@ for (const dialect of dialectsUnderTest()) {
           ...options,
           url: `redis://127.0.0.1:${await freePort()}`,
         });
-        const other = new RedisCustomerCache({ ...options, url: own.url, ledgerPollMs: 50 });
+        const other = payerOf(own.url, ledger);
         try {
           assert.ok(await other.waitUntilReady(5000));
           const a = freshCustomer();
@@ -198,10 +214,7 @@ for (const dialect of dialectsUnderTest()) {
           await writer.publish(v7, [b.customer.primaryContactId], a.request);
           assert.equal(writer.pendingInvalidations(), 2, "the writer owes a floor and a tombstone");
 
-          for (let i = 0; i < 60 && (await ledger.owed(10)).length > 0; i++) {
-            await sleep(50);
-          }
-          assert.deepEqual(await ledger.owed(10), [], "paid, and removed from the ledger");
+          assert.deepEqual(await paidOff(ledger), [], "paid, and removed from the ledger");
           // The other instance no longer answers the states before the writer's: a floor at 7
           // (a fill of v6 is refused, one of v7 is stored) and a tombstone for b's old primary.
           const miss = await other.lookup(a.request);
@@ -227,14 +240,7 @@ for (const dialect of dialectsUnderTest()) {
         const own = await startOwnRedis();
         const ledger = new SqlCacheDebtLedger(suite.database);
         const admin = new Redis(own.url);
-        const payer = new RedisCustomerCache({
-          url: own.url,
-          prefix: "identity:v1:",
-          ttlSeconds: 3600,
-          timeoutMs: 200,
-          ledger,
-          ledgerPollMs: 20,
-        });
+        const payer = payerOf(own.url, ledger);
         try {
           assert.ok(await payer.waitUntilReady(5000));
           const [a, b] = [freshCustomer(), freshCustomer()];
@@ -248,10 +254,7 @@ for (const dialect of dialectsUnderTest()) {
             [a.customer.primaryContactId, { kind: "floor", version: 3 }],
             [b.customer.primaryContactId, { kind: "floor", version: 3 }],
           ]);
-          for (let i = 0; i < 100 && (await ledger.owed(10)).length > 0; i++) {
-            await sleep(20);
-          }
-          assert.deepEqual(await ledger.owed(10), [], "the whole page is paid");
+          assert.deepEqual(await paidOff(ledger), [], "the whole page is paid");
           assert.deepEqual(JSON.parse((await admin.get(key)) ?? "null"), { floor: 3 });
         } finally {
           admin.disconnect();
@@ -279,14 +282,7 @@ for (const dialect of dialectsUnderTest()) {
             return rows;
           },
         };
-        const payer = new RedisCustomerCache({
-          url: own.url,
-          prefix: "identity:v1:",
-          ttlSeconds: 3600,
-          timeoutMs: 200,
-          ledger: held,
-          ledgerPollMs: 20,
-        });
+        const payer = payerOf(own.url, held);
         try {
           assert.ok(await payer.waitUntilReady(5000));
           for (let i = 0; i < 100 && gate.answer === null; i++) {
@@ -304,10 +300,7 @@ for (const dialect of dialectsUnderTest()) {
           assert.deepEqual((await payer.lookup(request)).customer, customer);
           assert.ok(gate.answer !== null);
           gate.answer();
-          for (let i = 0; i < 100 && (await ledger.owed(10)).length > 0; i++) {
-            await sleep(20);
-          }
-          assert.deepEqual(await ledger.owed(10), []);
+          assert.deepEqual(await paidOff(ledger), []);
           assert.equal(
             (await payer.lookup(request)).customer,
             null,
