@@ -635,7 +635,7 @@ export class RedisCustomerCache implements CustomerCache {
 
   /**
    * Records a failed publication's debts in the ledger before the writer answers. If the database
-   * refuses them, they stay in this instance's memory only (as without a ledger); logged.
+   * refuses them, they are logged and kept aside, to be recorded again at the next poll.
    */
   private async recordInLedger(debts: readonly (readonly [number, CacheDebt])[]): Promise<void> {
     const { ledger } = this.options;

@@ -7,7 +7,7 @@ import { FixedStatement } from "./fixed-statement.js";
  * Debts removed by one statement at most: its text has this many parameters whatever the number
  * paid (the last id repeated), so it never depends on the values.
  */
-export const DEBTS_PER_STATEMENT = 100;
+const DEBTS_PER_STATEMENT = 100;
 
 interface DebtRow {
   readonly id: number;
