@@ -288,10 +288,14 @@ function createDialect(target: DatabaseTarget, options: DatabaseOptions): Create
             );
             // UTC, as mysql2 sends and reads times (`timezone: "Z"`): identity_identify measures
             // its own run time with SYSDATE(), which in a zone with daylight saving would be an
-            // hour off across the change (migration 0007).
+            // hour off across the change (migration 0007). The lock timeout bounds the wait for
+            // a row lock (innodb_lock_wait_timeout) and for a table's lock (lock_wait_timeout: a
+            // LOCK TABLES by hand, an ALTER TABLE queued behind a long transaction), as
+            // PostgreSQL's lock_timeout bounds both; MariaDB's default for the table is a year.
             await connection.executeQuery(
               CompiledQuery.raw(
                 `set session innodb_lock_wait_timeout = ${lockTimeoutSeconds(options)}, ` +
+                  `session lock_wait_timeout = ${lockTimeoutSeconds(options)}, ` +
                   "session time_zone = '+00:00'",
               ),
             );

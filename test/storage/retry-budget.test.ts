@@ -1,6 +1,8 @@
 import assert from "node:assert/strict";
 import { describe, it } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
 import { sql } from "kysely";
+import { createConnection } from "mysql2/promise";
 import { NoCache } from "../../src/cache/customer-cache.js";
 import { IdentifyService } from "../../src/service/identify.service.js";
 import { SqlContactStore } from "../../src/storage/contact.store.js";
@@ -50,6 +52,53 @@ for (const dialect of serverDialectsUnderTest()) {
         // least): at most 4 start within 600 ms, where the attempts alone would allow 12. The
         // first report is the simple path's (attempt 0), which the held lock made give up.
         assert.ok(attempts[0] === 0 && attempts.length <= 4, attempts.join());
+      } finally {
+        await release();
+        await holder.destroy();
+        await database.destroy();
+        await test.drop();
+      }
+    });
+
+    it("fails, rather than waits without end, while the table is locked by hand", async () => {
+      // LOCK TABLE(S) by an operator, or an ALTER TABLE queued behind a long transaction: every
+      // statement on the table waits for the table's lock. PostgreSQL bounds that wait by its
+      // lock_timeout; MariaDB by lock_wait_timeout, a day or a year by default.
+      const test = await createTestDatabase(dialect);
+      const database = openDatabase(test.target, { poolSize: 3, lockTimeoutMs: 200 });
+      const holder = openDatabase(test.target, { poolSize: 1, lockTimeoutMs: 5000 });
+      let release = (): Promise<void> => Promise.resolve();
+      try {
+        await migrateToLatest(database);
+        if (dialect === "mysql") {
+          const connection = await createConnection(test.url);
+          await connection.query("lock tables Contact write");
+          release = async () => {
+            await connection.query("unlock tables");
+            await connection.end();
+          };
+        } else {
+          release = await holdTransaction(holder, (trx) =>
+            sql`lock table ${sql.ref("Contact")} in access exclusive mode`.execute(trx),
+          );
+        }
+        const store = new SqlContactStore(database, {
+          maxAttempts: 12,
+          baseDelayMs: 1,
+          maxDelayMs: 5,
+          maxElapsedMs: 600,
+        });
+        const service = new IdentifyService(store, new NoCache());
+        const started = Date.now();
+        const outcome = await Promise.race([
+          service.identify({ email: "locked@example.com", phoneNumber: "5550003" }).then(
+            () => "answered",
+            (error: unknown) => (error instanceof DatabaseError ? "failed" : String(error)),
+          ),
+          sleep(8000).then(() => "still waiting after 8 s"),
+        ]);
+        assert.equal(outcome, "failed");
+        assert.ok(Date.now() - started < 5000, `${Date.now() - started} ms`);
       } finally {
         await release();
         await holder.destroy();
