@@ -59,6 +59,10 @@ export interface CacheStats {
   repairs: number;
   /** Cache operations that failed or timed out (the request went on without the cache). */
   errors: number;
+  /** Debts of failed publications recorded in the database's ledger (Redis; see CacheDebtLedger). */
+  debtsRecorded: number;
+  /** Debts of the ledger this instance paid to Redis, whoever recorded them. */
+  debtsPaid: number;
   /**
    * Times the in-process cache emptied itself: another process committed to the database (or
    * the database's version could not be read).
@@ -171,6 +175,8 @@ export function emptyStats(): CacheStats {
     publications: 0,
     repairs: 0,
     errors: 0,
+    debtsRecorded: 0,
+    debtsPaid: 0,
     emptied: 0,
   };
 }

@@ -644,6 +644,7 @@ export class RedisCustomerCache implements CustomerCache {
     }
     try {
       await ledger.record(debts);
+      this.counters.debtsRecorded += debts.length;
       this.ledgerFailing.record = false;
     } catch (error) {
       for (const [id, debt] of debts) {
@@ -695,7 +696,7 @@ export class RedisCustomerCache implements CustomerCache {
           this.failed(error);
           return;
         }
-        this.counters.publications += owed.length;
+        this.counters.debtsPaid += owed.length;
         await ledger.paid(owed.map(({ id }) => id));
         if (owed.length < LEDGER_PAGE) {
           return;

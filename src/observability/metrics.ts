@@ -116,6 +116,8 @@ const CACHE_RESULTS: [keyof CacheStats, string][] = [
   ["publications", "publication"],
   ["repairs", "repair"],
   ["errors", "error"],
+  ["debtsRecorded", "debt_recorded"],
+  ["debtsPaid", "debt_paid"],
   ["emptied", "emptied"],
 ];
 
@@ -163,7 +165,7 @@ export function createMetrics(sources: MetricSources): Metrics {
   }
   new Counter({
     name: "cache_operations_total",
-    help: "Cache lookups and writes by result: hit, miss, fill, stale_fill_refused, publication, repair, error, emptied (the in-process cache on SQLite, after another process committed).",
+    help: "Cache lookups and writes by result: hit, miss, fill, stale_fill_refused, publication, repair, error, debt_recorded and debt_paid (a failed publication's debt kept in the database, and paid to Redis by this instance), emptied (the in-process cache on SQLite, after another process committed).",
     labelNames: ["result"] as const,
     registers: [registry],
     collect() {

@@ -229,6 +229,8 @@ for (const dialect of dialectsUnderTest()) {
           assert.equal((await other.lookup(b.request)).customer, null, "b was merged away");
           // The writer itself still owes them in memory: the other instance did not need it.
           assert.equal(writer.pendingInvalidations(), 2);
+          assert.equal(writer.stats().debtsRecorded, 2);
+          assert.equal(other.stats().debtsPaid, 2);
         } finally {
           await writer.close();
           await other.close();
