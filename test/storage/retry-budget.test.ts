@@ -7,6 +7,7 @@ import { NoCache } from "../../src/cache/customer-cache.js";
 import { IdentifyService } from "../../src/service/identify.service.js";
 import { SqlContactStore } from "../../src/storage/contact.store.js";
 import { openDatabase } from "../../src/storage/database.js";
+import type { Database, DialectName } from "../../src/storage/database.js";
 import { DatabaseError } from "../../src/storage/errors.js";
 import { migrateToLatest } from "../../src/storage/migrate.js";
 import {
@@ -14,6 +15,36 @@ import {
   holdTransaction,
   serverDialectsUnderTest,
 } from "../support/databases.js";
+import type { TestDatabase } from "../support/databases.js";
+
+/** The service's database (200 ms lock timeout) and a connection that holds locks outside it. */
+interface LockedSetup {
+  readonly test: TestDatabase;
+  readonly database: Database;
+  readonly holder: Database;
+  /** What to run, at the end, to release the locks held. */
+  readonly held: (release: () => Promise<void>) => void;
+}
+
+/** Runs `work` on a new migrated database of `dialect`; releases its locks and drops it after. */
+async function withLocksHeld(
+  dialect: DialectName,
+  work: (setup: LockedSetup) => Promise<void>,
+): Promise<void> {
+  const test = await createTestDatabase(dialect);
+  const database = openDatabase(test.target, { poolSize: 3, lockTimeoutMs: 200 });
+  const holder = openDatabase(test.target, { poolSize: 1, lockTimeoutMs: 5000 });
+  let release = (): Promise<void> => Promise.resolve();
+  try {
+    await migrateToLatest(database);
+    await work({ test, database, holder, held: (then) => (release = then) });
+  } finally {
+    await release();
+    await holder.destroy();
+    await database.destroy();
+    await test.drop();
+  }
+}
 
 for (const dialect of serverDialectsUnderTest()) {
   describe(`retries of a write to a customer locked elsewhere (${dialect})`, () => {
@@ -21,20 +52,17 @@ for (const dialect of serverDialectsUnderTest()) {
       // A customer's row lock held outside the service (a hand-run SELECT … FOR UPDATE): every
       // attempt waits a lock timeout on a pooled connection. Without a bound on the time, the
       // request kept its connection for 12 attempts, long after its client had been answered.
-      const test = await createTestDatabase(dialect);
-      const database = openDatabase(test.target, { poolSize: 3, lockTimeoutMs: 200 });
-      const holder = openDatabase(test.target, { poolSize: 1, lockTimeoutMs: 5000 });
-      let release = (): Promise<void> => Promise.resolve();
-      try {
-        await migrateToLatest(database);
+      await withLocksHeld(dialect, async ({ database, holder, held }) => {
         const plain = new IdentifyService(new SqlContactStore(database), new NoCache());
         const { customer } = await plain.identify({
           email: "held@example.com",
           phoneNumber: "5550001",
         });
-        release = await holdTransaction(holder, (trx) =>
-          sql`select id from ${sql.ref("Contact")} where id = ${customer.primaryContactId} for update`.execute(
-            trx,
+        held(
+          await holdTransaction(holder, (trx) =>
+            sql`select id from ${sql.ref("Contact")} where id = ${customer.primaryContactId} for update`.execute(
+              trx,
+            ),
           ),
         );
         const attempts: number[] = [];
@@ -52,34 +80,26 @@ for (const dialect of serverDialectsUnderTest()) {
         // least): at most 4 start within 600 ms, where the attempts alone would allow 12. The
         // first report is the simple path's (attempt 0), which the held lock made give up.
         assert.ok(attempts[0] === 0 && attempts.length <= 4, attempts.join());
-      } finally {
-        await release();
-        await holder.destroy();
-        await database.destroy();
-        await test.drop();
-      }
+      });
     });
 
     it("fails, rather than waits without end, while the table is locked by hand", async () => {
       // LOCK TABLE(S) by an operator, or an ALTER TABLE queued behind a long transaction: every
       // statement on the table waits for the table's lock. PostgreSQL bounds that wait by its
       // lock_timeout; MariaDB by lock_wait_timeout, a day or a year by default.
-      const test = await createTestDatabase(dialect);
-      const database = openDatabase(test.target, { poolSize: 3, lockTimeoutMs: 200 });
-      const holder = openDatabase(test.target, { poolSize: 1, lockTimeoutMs: 5000 });
-      let release = (): Promise<void> => Promise.resolve();
-      try {
-        await migrateToLatest(database);
+      await withLocksHeld(dialect, async ({ test, database, holder, held }) => {
         if (dialect === "mysql") {
           const connection = await createConnection(test.url);
           await connection.query("lock tables Contact write");
-          release = async () => {
+          held(async () => {
             await connection.query("unlock tables");
             await connection.end();
-          };
+          });
         } else {
-          release = await holdTransaction(holder, (trx) =>
-            sql`lock table ${sql.ref("Contact")} in access exclusive mode`.execute(trx),
+          held(
+            await holdTransaction(holder, (trx) =>
+              sql`lock table ${sql.ref("Contact")} in access exclusive mode`.execute(trx),
+            ),
           );
         }
         const store = new SqlContactStore(database, {
@@ -99,12 +119,7 @@ for (const dialect of serverDialectsUnderTest()) {
         ]);
         assert.equal(outcome, "failed");
         assert.ok(Date.now() - started < 5000, `${Date.now() - started} ms`);
-      } finally {
-        await release();
-        await holder.destroy();
-        await database.destroy();
-        await test.drop();
-      }
+      });
     });
   });
 }
