@@ -1,5 +1,5 @@
 import { rootMessage } from "./error-message.js";
-import type { CacheDebtLedger, CustomerCache } from "./cache/customer-cache.js";
+import type { CustomerCache } from "./cache/customer-cache.js";
 import { NoCache } from "./cache/customer-cache.js";
 import { MemoryCustomerCache } from "./cache/memory.cache.js";
 import type { Config } from "./config.js";
@@ -133,18 +133,18 @@ export function readinessOf(
 /**
  * Picks the cache adapter: Redis when REDIS_URL is set; none with CACHE=off; without Redis, none
  * by default (CACHE=auto), and in-process with CACHE=on when one process serves (WORKERS=1).
- * With `databaseVersion` (SQLite's data_version, which tells of other processes' commits) that
- * cache stays coherent with every process on the database; without it (MySQL/MariaDB,
- * PostgreSQL) within this one only, and nothing here can tell that other instances share the
+ * On an SQLite `database` that cache reads its data_version (which tells of other processes'
+ * commits) and stays coherent with every process on the file; elsewhere (MySQL/MariaDB,
+ * PostgreSQL, or no database given) within this one only, and nothing here can tell that other instances share the
  * database (containers behind a load balancer, each with WORKERS=1). On SQLite it is not the
  * default either: with SQLite's kept answers it saves no CPU there, and it cost 41–66 MB of RSS
- * under sustained load, up to the speed issue's 200 MB (README, Cache).
+ * under sustained load, up to the speed issue's 200 MB (README, Cache). Redis gets the
+ * database's ledger of cache debts (README, Cache: "A debt outlives its instance").
  */
 export async function createCache(
   config: Config,
   logger: FastifyBaseLogger,
-  databaseVersion: (() => number) | null,
-  ledger: CacheDebtLedger | null = null,
+  database: Database | null,
 ): Promise<{ readonly cache: CustomerCache; readonly redis: Redis | null }> {
   if (config.cache === "off") {
     return { cache: new NoCache(), redis: null };
@@ -160,10 +160,11 @@ export async function createCache(
       );
       return { cache: new NoCache(), redis: null };
     }
+    const sqlite = database?.sqlite ?? null;
     const cache = new MemoryCustomerCache({
       ttlSeconds: config.cacheTtlSeconds,
       maxEntries: config.cacheMaxEntries,
-      ...(databaseVersion === null ? {} : { databaseVersion }),
+      ...(sqlite === null ? {} : { databaseVersion: () => sqlite.dataVersion() }),
     });
     return { cache, redis: null };
   }
@@ -174,7 +175,7 @@ export async function createCache(
       prefix: config.cachePrefix,
       ttlSeconds: config.cacheTtlSeconds,
       timeoutMs: config.cacheTimeoutMs,
-      ...(ledger === null ? {} : { ledger }),
+      ...(database === null ? {} : { ledger: new SqlCacheDebtLedger(database) }),
     },
     {
       onUnavailable: (reason) => {
@@ -281,13 +282,7 @@ export async function createDeps(config: Config, logger: FastifyBaseLogger): Pro
   let built: { cache: CustomerCache; redis: Redis | null } | null = null;
   let security: SecurityOptions;
   try {
-    const { sqlite } = database;
-    built = await createCache(
-      config,
-      logger,
-      sqlite === null ? null : () => sqlite.dataVersion(),
-      new SqlCacheDebtLedger(database),
-    );
+    built = await createCache(config, logger, database);
     security = await securityOf(config, logger, built.redis);
   } catch (error) {
     await built?.cache.close().catch(() => undefined);

@@ -21,7 +21,7 @@ export class SqlCacheDebtLedger implements CacheDebtLedger {
   private readonly insert: FixedStatement<
     [primaryId: number, kind: CacheDebt["kind"], version: number, createdAt: Date | string]
   >;
-  private readonly select: FixedStatement<[after: number, limit: number]>;
+  private readonly select: FixedStatement<[limit: number]>;
   /** Deletes `DEBTS_PER_STATEMENT` ids (repeats allowed). */
   private readonly remove: FixedStatement<number[]>;
 
@@ -31,11 +31,11 @@ export class SqlCacheDebtLedger implements CacheDebtLedger {
       db.insertInto("CacheDebt").values({ primaryId, kind, version, createdAt }).compile(),
     );
     // A range of the key (`id > 0`): an index search on every dialect, not a scan.
-    this.select = FixedStatement.compile(2, (after, limit) =>
+    this.select = FixedStatement.compile(1, (limit) =>
       db
         .selectFrom("CacheDebt")
         .select(["id", "primaryId", "kind", "version"])
-        .where("id", ">", after)
+        .where("id", ">", 0)
         .orderBy("id")
         .limit(limit)
         .compile(),
@@ -54,7 +54,7 @@ export class SqlCacheDebtLedger implements CacheDebtLedger {
   }
 
   async owed(limit: number): Promise<RecordedDebt[]> {
-    const query = this.select.bind([0, limit]);
+    const query = this.select.bind([limit]);
     const { sqlite } = this.database;
     const rows = (
       sqlite === null
