@@ -29,6 +29,52 @@ const MAX_BATCH = 64;
 /** How often a write batch tries again for the write lock that another process holds. */
 const LOCK_POLL_MS = 5;
 
+/** Each reading statement's column names, taken at its first run (see readRows). */
+const columnNames = new WeakMap<SqliteDatabase.Statement, readonly string[]>();
+
+function namesOf(statement: SqliteDatabase.Statement): readonly string[] {
+  const names = statement.columns().map((column) => column.name);
+  columnNames.set(statement, names);
+  return names;
+}
+
+/**
+ * A reading statement's rows as objects keyed by column name, as better-sqlite3's `all` makes
+ * them, but built here from its raw rows (arrays of values). better-sqlite3 builds each object
+ * through V8's C++ API, a new string for every column name and a generic property store for every
+ * value; that was 20,000 instructions of a request's 238,000 at the speed issue's mix, more than
+ * half of what SQLite itself spent (README, Speed decisions). The statement is shared (Kysely runs
+ * it too), so raw mode is set for this call only. The names are taken once per statement: they
+ * change only if its text selects `*` and the table's columns change, and then so does their
+ * number, which is checked.
+ */
+function readRows(statement: SqliteDatabase.Statement, parameters: readonly unknown[]): unknown[] {
+  statement.raw(true);
+  let rows: unknown[][];
+  try {
+    rows = statement.all(parameters) as unknown[][];
+  } finally {
+    statement.raw(false);
+  }
+  const first = rows[0];
+  if (first === undefined) {
+    return rows;
+  }
+  let names = columnNames.get(statement);
+  if (names === undefined || names.length !== first.length) {
+    names = namesOf(statement);
+  }
+  const objects: Record<string, unknown>[] = [];
+  for (const values of rows) {
+    const object: Record<string, unknown> = {};
+    for (let c = 0; c < names.length; c++) {
+      object[names[c] as string] = values[c];
+    }
+    objects.push(object);
+  }
+  return objects;
+}
+
 /**
  * The one SQLite connection of the process, used directly (better-sqlite3 is synchronous), with
  * group commit.
@@ -96,7 +142,7 @@ export class SqliteSession {
     this.onStatement?.(query.sql, query.parameters, false);
     const statement = this.prepare(query.sql);
     if (statement.reader) {
-      return statement.all(query.parameters);
+      return readRows(statement, query.parameters);
     }
     statement.run(query.parameters);
     return [];

@@ -234,3 +234,70 @@ describe("SqliteSession (group commit)", () => {
     assert.deepEqual(committed(), []);
   });
 });
+
+describe("SqliteSession.run's rows (built from raw rows)", () => {
+  let file: SqliteDatabase.Database;
+  let prepared: Map<string, SqliteDatabase.Statement>;
+  let session: SqliteSession;
+
+  beforeEach(() => {
+    file = new SqliteDatabase(":memory:");
+    file.exec(`
+      create table item (id integer primary key, value text, amount real, data blob);
+      insert into item values (1, 'a', 1.5, x'00ff'), (2, null, null, null), (3, 'c', 3, x'');`);
+    // One statement per text, shared, as the service's statement cache shares them with Kysely.
+    prepared = new Map();
+    session = new SqliteSession((sql) => {
+      let statement = prepared.get(sql);
+      if (statement === undefined) {
+        statement = file.prepare(sql);
+        prepared.set(sql, statement);
+      }
+      return statement;
+    });
+  });
+
+  afterEach(() => {
+    file.close();
+  });
+
+  it("are the objects better-sqlite3 makes, every type and a repeated column name included", () => {
+    const texts = [
+      "select id, value, amount, data from item order by id",
+      // Two columns of one name: the last one's value, as better-sqlite3 gives.
+      "select id, value as v, amount as v from item order by id",
+      "select * from item where id = ?",
+      "select value from item where id > ?",
+    ];
+    for (const sql of texts) {
+      const parameters = sql.includes("?") ? [1] : [];
+      const expected = file.prepare(sql).all(parameters);
+      assert.deepEqual(session.run({ sql, parameters }), expected, sql);
+      // Again, with the names taken at the first run.
+      assert.deepEqual(session.run({ sql, parameters }), expected, sql);
+      assert.ok(expected.length > 0, sql);
+    }
+    assert.deepEqual(session.run({ sql: "select id from item where id > ?", parameters: [9] }), []);
+  });
+
+  it("leave the shared statement as it was: others still get objects, after a failure too", () => {
+    const sql = "select id, value from item where id = ?";
+    session.run({ sql, parameters: [1] });
+    assert.deepEqual(prepared.get(sql)?.all(1), [{ id: 1, value: "a" }]);
+    // A parameter SQLite cannot bind: the call fails, raw mode is still undone.
+    const failing = "select id from item where value = ?";
+    assert.throws(() => session.run({ sql: failing, parameters: [{}] }));
+    assert.deepEqual(prepared.get(failing)?.all("c"), [{ id: 3 }]);
+  });
+
+  it("follow a statement that selects * when its table gains a column", () => {
+    const sql = "select * from item where id = ?";
+    assert.deepEqual(session.run({ sql, parameters: [3] }), [
+      { id: 3, value: "c", amount: 3, data: Buffer.alloc(0) },
+    ]);
+    file.exec("alter table item add column note text default 'n'");
+    assert.deepEqual(session.run({ sql, parameters: [3] }), [
+      { id: 3, value: "c", amount: 3, data: Buffer.alloc(0), note: "n" },
+    ]);
+  });
+});
