@@ -278,6 +278,14 @@ describe("SqliteSession.run's rows (built from raw rows)", () => {
       assert.ok(expected.length > 0, sql);
     }
     assert.deepEqual(session.run({ sql: "select id from item where id > ?", parameters: [9] }), []);
+    // A write that returns rows (the service's INSERT of a contact does).
+    assert.deepEqual(
+      session.run({
+        sql: "insert into item (value) values (?) returning id, value",
+        parameters: ["z"],
+      }),
+      [{ id: 4, value: "z" }],
+    );
   });
 
   it("leave the shared statement as it was: others still get objects, after a failure too", () => {
