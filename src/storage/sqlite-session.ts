@@ -42,11 +42,12 @@ function namesOf(statement: SqliteDatabase.Statement): readonly string[] {
  * A reading statement's rows as objects keyed by column name, as better-sqlite3's `all` makes
  * them, but built here from its raw rows (arrays of values). better-sqlite3 builds each object
  * through V8's C++ API, a new string for every column name and a generic property store for every
- * value; that was 20,000 instructions of a request's 238,000 at the speed issue's mix, more than
- * half of what SQLite itself spent (README, Speed decisions). The statement is shared (Kysely runs
- * it too), so raw mode is set for this call only. The names are taken once per statement: they
- * change only if its text selects `*` and the table's columns change, and then so does their
- * number, which is checked.
+ * value; that was 20,000 instructions of a request's 238,000 at the speed issue's mix, about half
+ * of what SQLite itself spent (README, Speed decisions). The statement is shared (Kysely runs it
+ * too), so raw mode is set for this call only. The names are taken once per statement: they change
+ * only if its text selects `*` and the table's columns change. A column added or dropped changes
+ * their number, which is checked; one renamed under a `select *` would keep its old name here (the
+ * service's statements name their columns, and nothing renames one while it runs).
  */
 function readRows(statement: SqliteDatabase.Statement, parameters: readonly unknown[]): unknown[] {
   statement.raw(true);
