@@ -2,6 +2,7 @@ import type { CompiledQuery } from "kysely";
 import type { CacheDebt, CacheDebtLedger, RecordedDebt } from "../cache/customer-cache.js";
 import type { Database } from "./database.js";
 import { FixedStatement } from "./fixed-statement.js";
+import { storedTime } from "./schema.js";
 
 /**
  * Debts removed by one statement at most: its text has this many parameters whatever the number
@@ -46,7 +47,7 @@ export class SqlCacheDebtLedger implements CacheDebtLedger {
   }
 
   async record(debts: readonly (readonly [number, CacheDebt])[]): Promise<void> {
-    const createdAt = this.database.dialect === "sqlite" ? new Date().toISOString() : new Date();
+    const createdAt = storedTime(this.database.dialect, Date.now());
     const queries = debts.map(([primaryId, debt]) =>
       this.insert.bind([primaryId, debt.kind, debt.kind === "floor" ? debt.version : 0, createdAt]),
     );

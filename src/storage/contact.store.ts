@@ -17,6 +17,7 @@ import { lockTimeoutSeconds } from "./database.js";
 import type { Database, DialectName, Send } from "./database.js";
 import { asDatabaseError, DatabaseError, isSqliteBusy } from "./errors.js";
 import { FixedStatement } from "./fixed-statement.js";
+import { storedTime } from "./schema.js";
 import type { ContactRow, DB, MergeKind } from "./schema.js";
 
 type ContactColumns = Pick<
@@ -591,15 +592,11 @@ class SqlContactTransaction implements ContactTransaction {
     return this.ended;
   }
 
-  private time(ms: number): Time {
-    return this.dialect === "sqlite" ? new Date(ms).toISOString() : new Date(ms);
-  }
-
   /** Sends the plan's writes and, on the servers, COMMIT behind them. */
   async commit(plan: ReconcilePlan, now: number, request: IdentifyRequest): Promise<Customer> {
     this.begun([]);
     const { winnerId, insert } = plan;
-    const updatedAt = this.time(now);
+    const updatedAt = storedTime(this.dialect, now);
     const doing = "writing a plan";
     if (winnerId !== null && plan.promotedFrom !== null) {
       void this.queue.run(this.statements.promote.bind([winnerId, updatedAt]), doing);
@@ -630,7 +627,7 @@ class SqlContactTransaction implements ContactTransaction {
               insert.phoneNumber,
               winnerId,
               linkPrecedence,
-              this.time(insert.createdAt),
+              storedTime(this.dialect, insert.createdAt),
             ]),
             doing,
           );

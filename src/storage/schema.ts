@@ -1,8 +1,14 @@
 import type { ColumnType, Generated, Selectable } from "kysely";
 import type { LinkPrecedence } from "../domain/contact.js";
+import type { DialectName } from "./database.js";
 
 /** SQLite stores timestamps as ISO-8601 text; MySQL/MariaDB and PostgreSQL as native timestamps. */
 type Timestamp = ColumnType<Date | string, Date | string, Date | string>;
+
+/** The time `ms` (milliseconds since the epoch) as `dialect` stores it (see Timestamp). */
+export function storedTime(dialect: DialectName, ms: number): Date | string {
+  return dialect === "sqlite" ? new Date(ms).toISOString() : new Date(ms);
+}
 
 export interface ContactTable {
   id: Generated<number>;
