@@ -135,11 +135,11 @@ export function readinessOf(
  * by default (CACHE=auto), and in-process with CACHE=on when one process serves (WORKERS=1).
  * On an SQLite `database` that cache reads its data_version (which tells of other processes'
  * commits) and stays coherent with every process on the file; elsewhere (MySQL/MariaDB,
- * PostgreSQL, or no database given) within this one only, and nothing here can tell that other instances share the
- * database (containers behind a load balancer, each with WORKERS=1). On SQLite it is not the
- * default either: with SQLite's kept answers it saves no CPU there, and it cost 41–66 MB of RSS
- * under sustained load, up to the speed issue's 200 MB (README, Cache). Redis gets the
- * database's ledger of cache debts (README, Cache: "A debt outlives its instance").
+ * PostgreSQL, or no database given) within this one only, and nothing here can tell that other
+ * instances share the database (containers behind a load balancer, each with WORKERS=1). On
+ * SQLite it is not the default either: with SQLite's kept answers it saves no CPU there, and it
+ * cost 41–66 MB of RSS under sustained load, up to the speed issue's 200 MB (README, Cache).
+ * Redis gets the database's ledger of cache debts (README, Cache: "A debt outlives its instance").
  */
 export async function createCache(
   config: Config,

@@ -59,7 +59,7 @@ export interface CacheStats {
   repairs: number;
   /** Cache operations that failed or timed out (the request went on without the cache). */
   errors: number;
-  /** Debts of failed publications recorded in the database's ledger (Redis; see CacheDebtLedger). */
+  /** Debts of failed publications recorded in the database's ledger (Redis: CacheDebtLedger). */
   debtsRecorded: number;
   /** Debts of the ledger this instance paid to Redis, whoever recorded them. */
   debtsPaid: number;
